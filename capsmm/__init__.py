@@ -1,0 +1,18 @@
+"""capsmm: forward-only learning with co-activation patterns (CAPs), and multimodal CAP models."""
+
+from .encoder import ENCODERS, CAPEncoder, build_encoder
+from .errors import CapsmmError, CheckpointError, ConfigError, DataError, TrainingError
+from .model import CAPModel, CAPOutput, build_model
+from .modes import MODES, ModeSchedule
+from .objectives import training_loss
+from .prototypes import HEADS, PrototypeHead
+from .readout import READOUT_NORMS, CAPReadout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENCODERS", "HEADS", "MODES", "READOUT_NORMS",
+    "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead",
+    "CapsmmError", "CheckpointError", "ConfigError", "DataError", "TrainingError",
+    "build_encoder", "build_model", "training_loss",
+]

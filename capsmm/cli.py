@@ -1,0 +1,89 @@
+"""Shared pieces of the command-line entry points: one-line errors, config flags, running sweeps.
+
+Every user error ends the process with exit status 2 and one line on stderr that says what is
+wrong and the valid choices; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .config import build_runs, describe_keys, parse_assignment
+from .errors import CapsmmError, TrainingError
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2) instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
+#: flag -> (config key, type, help)
+CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--dataset": ("data.name", str, "data set (data.name)"),
+    "--backbone": ("model.backbone", str, "backbone (model.backbone)"),
+    "--mode": ("train.mode", str, "bp | caps | caps-full | local, or a schedule like caps:0.9,caps-full (train.mode)"),
+    "--epochs": ("train.epochs", int, "epochs (train.epochs)"),
+    "--batch-size": ("train.batch_size", int, "batch size (train.batch_size)"),
+    "--lr": ("train.lr", float, "Adam learning rate (train.lr)"),
+    "--data-root": ("data.root", str, "data root; default $CAPSMM_DATA, else ./data (data.root)"),
+    "--out": ("out", str, "output folder (out)"),
+    "--seed": ("train.seed", int, "random seed (train.seed)"),
+    "--device": ("train.device", str, "auto | cpu | cuda | cuda:N (train.device)"),
+    "--train-subset": ("data.train_subset", int, "train on the first N samples only (data.train_subset)"),
+    "--test-subset": ("data.test_subset", int, "test on the first N samples only (data.test_subset)"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, flags: Sequence[str] = tuple(CONFIG_FLAGS)) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML run config (may define a sweep of runs)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any config key, e.g. --set train.lr=1e-3 (repeatable)")
+    for flag in flags:
+        key, kind, text = CONFIG_FLAGS[flag]
+        parser.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=text)
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out from their last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
+
+
+def overrides_from(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Config overrides in precedence order: flags, then ``--set`` (the last one wins)."""
+    overrides = [(key, getattr(args, key)) for key, _, _ in CONFIG_FLAGS.values() if getattr(args, key, None) is not None]
+    if args.no_progress:
+        overrides.append(("train.progress", False))
+    overrides += [parse_assignment(text) for text in args.set]
+    return overrides
+
+
+def config_epilog() -> str:
+    return "config keys (YAML sections data/model/train, or --set key=value):\n" + describe_keys()
+
+
+def runs_from_args(args: argparse.Namespace) -> list:
+    runs = build_runs(args.config, overrides_from(args))
+    for run in runs:
+        run.validate()
+    return runs
+
+
+def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a ``main(argv)``: a :class:`CapsmmError` becomes one line on stderr and an exit status."""
+
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except TrainingError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except CapsmmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; the last finished epoch is checkpointed: rerun with --resume to continue", file=sys.stderr)
+            return 130
+
+    wrapper.__doc__ = main.__doc__
+    return wrapper

@@ -1,0 +1,71 @@
+"""One training run from a :class:`~capsmm.config.RunConfig`: data, model, seed, device, trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .data import load_image_dataset
+from .errors import ConfigError
+from .metrics import count_parameters
+from .model import CAPModel, build_model
+from .modes import ModeSchedule
+from .trainer import Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable device is a :class:`ConfigError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but CUDA is not available here; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device is '{name}' but MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def model_from_config(config: RunConfig, num_classes: int, in_shape: tuple[int, ...]) -> CAPModel:
+    m = config.model
+    return build_model(
+        m.backbone,
+        num_classes=num_classes,
+        in_shape=in_shape,
+        mode=ModeSchedule.parse(config.train.mode).first,
+        pattern_width=m.pattern_width,
+        readout_norm=m.readout_norm,
+        head=m.head,
+        temperature=m.temperature,
+        **m.encoder_options(),
+    )
+
+
+def describe_parameters(model: CAPModel) -> str:
+    counts = count_parameters(model)
+    parts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
+    return f"params {counts['total']:,} ({parts})"
+
+
+def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Validate ``config``, build everything and train; returns the results dict (also in results.json).
+
+    Seeded: the same config gives the same run, bit for bit on CPU. On CUDA cuDNN autotuning is on,
+    which trades bitwise reproducibility for speed.
+    """
+    config.validate()
+    device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_image_dataset(config.data)
+    torch.manual_seed(config.train.seed)
+    model = model_from_config(config, data.num_classes, data.in_shape)
+    out_dir = config.out_dir()
+    log(
+        f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "
+        f"{config.model.backbone} x{config.model.width_mult:g} | mode {config.train.mode} | "
+        f"{describe_parameters(model)} | {device} | -> {out_dir}"
+    )
+    return Trainer(model, data, config, device, out_dir, log=log).fit(resume=resume)

@@ -1,0 +1,229 @@
+"""The training loop: the only place that calls ``backward`` and steps the optimiser.
+
+Owns the mode schedule, the optimiser and LR schedule, per-epoch metrics (``metrics.jsonl``),
+the final ``results.json``, atomic per-epoch checkpoints and resuming from them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .data import BatchLoader, ImageDataset
+from .errors import CheckpointError, ConfigError, TrainingError
+from .metrics import PhaseTimer, count_parameters, peak_memory_mib
+from .model import CAPModel
+from .modes import ModeSchedule
+from .objectives import training_loss
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+
+#: config keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.progress", "train.eval_batch_size", "data.root", "out"}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` as ``config.train`` says, writing into ``out_dir``."""
+
+    def __init__(
+        self,
+        model: CAPModel,
+        data: ImageDataset,
+        config: RunConfig,
+        device: torch.device,
+        out_dir: Path,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.model = model.to(device)
+        self.data = data
+        self.config = config
+        self.device = device
+        self.out_dir = Path(out_dir)
+        self.log = log
+        train = config.train
+        self.schedule = ModeSchedule.parse(train.mode)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
+        mean, std = data.channel_stats()
+        self.train_loader = BatchLoader(
+            data.train, train.batch_size, mean=mean, std=std, device=device,
+            shuffle=True, augment=config.data.augment, seed=train.seed,
+        )
+        self.test_loader = BatchLoader(data.test, train.eval_batch_size, mean=mean, std=std, device=device)
+        self.timer = PhaseTimer(device)
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def _save(self, epoch: int) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "wall_seconds": self.wall_seconds,
+        })
+
+    def _restore(self) -> int:
+        """Load the checkpoint in ``out_dir``; returns the number of epochs already done."""
+        state = load_checkpoint(self.checkpoint_path)
+        saved, current = _flat(state["config"]), _flat(self.config.to_dict())
+        changed = sorted(k for k in saved.keys() | current.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.wall_seconds = float(state["wall_seconds"])
+        self._rewrite_metrics()
+        return int(state["epoch"])
+
+    def _rewrite_metrics(self) -> None:
+        """Make metrics.jsonl hold exactly the checkpointed epochs (drop lines of an interrupted epoch)."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        (self.out_dir / METRICS).write_text(lines)
+
+    # ------------------------------------------------------------------ loop
+
+    def _train_epoch(self, epoch: int, mode: str) -> dict[str, float]:
+        self.model.train()
+        self.model.set_mode(mode)
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        check_every = 1 if self.device.type == "cpu" else 25
+        bar = tqdm(
+            self.train_loader.epoch(epoch), total=len(self.train_loader), leave=False,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs} {mode}", disable=not self.config.train.progress,
+        )
+        for step, (images, labels) in enumerate(bar):
+            with self.timer.phase("forward"):
+                output = self.model(images)
+                loss = training_loss(output, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.timer.phase("backward"):
+                loss.backward()
+            with self.timer.phase("step"):
+                self.optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            wrong += (output.logits.detach().argmax(1) != labels).sum()
+            seen += len(labels)
+            if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+                raise TrainingError(
+                    f"the loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step + 1}); "
+                    f"the last good checkpoint is epoch {epoch} in {self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
+                )
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if not torch.isfinite(loss_sum):
+            raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
+        return {"train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Test error (fraction) with the model in eval mode."""
+        self.model.eval()
+        wrong, seen = 0, 0
+        for images, labels in self.test_loader:
+            wrong += int((self.model(images).logits.argmax(1) != labels).sum())
+            seen += len(labels)
+        return wrong / seen
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
+        epochs = self.config.train.epochs
+        start = 0
+        if self.checkpoint_path.exists():
+            if not resume:
+                raise ConfigError(f"{self.out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose another --out")
+            start = self._restore()
+            self.log(f"resumed {self.out_dir} after epoch {start}")
+        else:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / METRICS).write_text("")
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            mode = self.schedule.mode_at(epoch, epochs)
+            lr = self.optimizer.param_groups[0]["lr"]
+            record: dict[str, Any] = {"epoch": epoch + 1, "mode": mode, "lr": lr}
+            record.update(self._train_epoch(epoch, mode))
+            record["test_error"] = self.evaluate()
+            record.update(self.timer.collect())
+            self.lr_schedule.step()
+            record["epoch_seconds"] = time.perf_counter() - began
+            self.wall_seconds += record["epoch_seconds"]
+            self.history.append(record)
+            with open(self.out_dir / METRICS, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self._save(epoch + 1)
+            self.log(
+                f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "
+                f"train err {record['train_error']:.2%}  test err {record['test_error']:.2%}  {record['epoch_seconds']:.1f}s"
+            )
+        results = self.results()
+        atomic_write_json(self.out_dir / RESULTS, results)
+        return results
+
+    def results(self) -> dict[str, Any]:
+        if not self.history:
+            raise TrainingError("no epoch has been trained; set train.epochs >= 1")
+        last = self.history[-1]
+        memory, memory_method = peak_memory_mib(self.device)
+
+        def median_of(key: str) -> float | None:
+            values = [r[key] for r in self.history if key in r]
+            return statistics.median(values) if values else None
+
+        counts = count_parameters(self.model)
+        return {
+            "dataset": self.config.data.name,
+            "backbone": self.config.model.backbone,
+            "mode": self.config.train.mode,
+            "params": counts["total"],
+            "params_by_part": counts,
+            "test_error": last["test_error"],
+            "train_error": last["train_error"],
+            "best_test_error": min(r["test_error"] for r in self.history),
+            "peak_memory_mib": memory,
+            "peak_memory_method": memory_method,
+            "forward_ms": median_of("forward_ms"),
+            "backward_ms": median_of("backward_ms"),
+            "step_ms": median_of("step_ms"),
+            "epochs": len(self.history),
+            "wall_seconds": self.wall_seconds,
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "config": self.config.to_dict(),
+        }

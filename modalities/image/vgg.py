@@ -1,0 +1,71 @@
+"""VGG backbones built from channel lists (torchvision ``vgg.py`` style), one block per conv layer.
+
+Channel lists at 1x (``"M"`` = 2x2 max-pool, attached to the block before it):
+
+- ``vgg11``/``vgg16``/``vgg19``: the classic configurations A/D/E (64 ... 512 channels), whose
+  conv parameters (9.2M / 14.7M / 20.0M on 3-channel input) match the paper's 1x rows
+  (Table 2: 9.53M / 15.24M / 18.40M with its head). ``width_mult`` 2 and 4 give 128 ... 1024 and
+  256 ... 2048 channels (the paper's 2x/4x rows, Table 3).
+- ``vgg6`` (5 convs) and ``vgg8`` (6 convs): the paper gives no lists; these are the classic
+  stages with the deepest layers dropped, chosen so that parameters fall near its Table 1 rows.
+
+Every block is conv3x3 -> BatchNorm -> ReLU [-> max-pool] -> Dropout. Pools use ``ceil_mode``
+so 28x28 inputs go 28 -> 14 -> 7 -> 4 -> 2 -> 1 without padding the images to 32x32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from capsmm.encoder import ENCODERS, CAPEncoder
+from capsmm.errors import ConfigError
+
+M = "M"
+VGG_CHANNELS: dict[str, list[int | str]] = {
+    "vgg6": [64, M, 128, M, 256, M, 512, M, 512, M],
+    "vgg8": [64, M, 128, M, 256, 256, M, 512, M, 512, M],
+    "vgg11": [64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
+    "vgg16": [64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M],
+    "vgg19": [64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M],
+}
+
+
+class VGGEncoder(CAPEncoder):
+    """A VGG feature extractor whose blocks are its conv layers (with any following pool)."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int | str], width_mult: float, dropout: float) -> None:
+        blocks = []
+        for index, item in enumerate(channels):
+            if item == M:
+                continue
+            out_channels = max(1, round(int(item) * width_mult))
+            layers: list[nn.Module] = [
+                nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            if index + 1 < len(channels) and channels[index + 1] == M:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers.append(nn.Dropout(dropout))
+            blocks.append(nn.Sequential(*layers))
+            in_channels = out_channels
+        super().__init__(blocks)
+
+
+def _register(name: str) -> None:
+    @ENCODERS.register(name)
+    def build(*, in_shape: Sequence[int], width_mult: float = 1.0, dropout: float = 0.2) -> VGGEncoder:
+        if len(in_shape) != 3:
+            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {tuple(in_shape)}")
+        if width_mult <= 0:
+            raise ConfigError(f"width_mult must be > 0, got {width_mult}")
+        return VGGEncoder(in_shape[0], VGG_CHANNELS[name], width_mult, dropout)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{name} (channel list {VGG_CHANNELS[name]}) scaled by ``width_mult``."
+
+
+for _name in VGG_CHANNELS:
+    _register(_name)

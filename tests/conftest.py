@@ -1,0 +1,36 @@
+"""Shared fixtures: the real-data root, and loading the scripts as modules."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module, to call its ``main(argv)`` in-process."""
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"capsmm_script_{name}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """``$CAPSMM_DATA`` holding Fashion-MNIST, or skip the test."""
+    root = os.environ.get("CAPSMM_DATA")
+    if not root:
+        pytest.skip("CAPSMM_DATA is not set: real-data tests need it (e.g. CAPSMM_DATA=../shared/data)")
+    raw = Path(root) / "torchvision" / "FashionMNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"Fashion-MNIST not found in {raw} (CAPSMM_DATA={root})")
+    return Path(root)

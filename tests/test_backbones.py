@@ -1,0 +1,80 @@
+"""Every backbone x mode x readout norm x head builds, has the documented shape contract, and learns a step."""
+
+import pytest
+import torch
+
+from capsmm import MODES, build_model, training_loss
+from capsmm.encoder import ENCODERS
+from capsmm.errors import ConfigError
+from modalities.image import VGG_CHANNELS
+
+BACKBONES = ["mlp", "vgg6", "vgg8", "vgg11", "vgg16", "vgg19"]
+TINY = {"mlp": dict(hidden=64)} | {name: dict(width_mult=1 / 16) for name in VGG_CHANNELS}
+
+
+def test_registry_lists_the_papers_backbones():
+    assert set(BACKBONES) <= set(ENCODERS.names())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "none"])
+@pytest.mark.parametrize("head", ["cosine", "template"])
+def test_builds_and_steps(backbone, mode, norm, head):
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=7, in_shape=(1, 20, 20), mode=mode, pattern_width=48,
+                        readout_norm=norm, head=head, **TINY[backbone])
+    x, y = torch.randn(6, 1, 20, 20), torch.arange(6) % 7
+    out = model(x)
+    assert out.logits.shape == (6, 7)
+    expected_patterns = 1 if mode == "bp" else len(model.blocks)
+    assert [tuple(p.shape) for p in out.patterns] == [(6, 48)] * expected_patterns
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = training_loss(out, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters()), "every parameter takes part in the objective"
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name, convs", [("vgg6", 5), ("vgg8", 6), ("vgg11", 8), ("vgg16", 13), ("vgg19", 16)])
+def test_vgg_blocks_are_conv_layers(name, convs):
+    model = build_model(name, num_classes=10, in_shape=(3, 32, 32), mode="caps", width_mult=1 / 8)
+    assert len(model.blocks) == convs
+    assert all(isinstance(block[0], torch.nn.Conv2d) for block in model.blocks)
+
+
+def test_width_multiplier_scales_channels():
+    for mult, widest in [(1, 512), (2, 1024), (4, 2048)]:
+        encoder = ENCODERS.get("vgg11")(in_shape=(3, 32, 32), width_mult=mult)
+        assert max(block[0].out_channels for block in encoder.blocks) == widest
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16", "vgg19"])
+def test_classic_vgg_parameter_counts_match_torchvision(name):
+    # torchvision's vgg*_bn features, minus the conv biases (redundant before BN, so capsmm has none)
+    import torchvision
+
+    reference = getattr(torchvision.models, f"{name}_bn")().features
+    conv_biases = sum(m.bias.numel() for m in reference if isinstance(m, torch.nn.Conv2d))
+    encoder = ENCODERS.get(name)(in_shape=(3, 32, 32))
+    assert sum(p.numel() for p in encoder.parameters()) == sum(p.numel() for p in reference.parameters()) - conv_biases
+
+
+def test_mlp_default_is_3x3000():
+    encoder = ENCODERS.get("mlp")(in_shape=(1, 28, 28))
+    linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 3000), (3000, 3000), (3000, 3000)]
+
+
+def test_vgg_handles_28x28_inputs_without_padding():
+    model = build_model("vgg11", num_classes=10, in_shape=(1, 28, 28), mode="caps", width_mult=1 / 8)
+    shapes = next(iter(model.encoders.values())).block_shapes((1, 28, 28))
+    assert [s[1:] for s in shapes] == [(14, 14), (7, 7), (7, 7), (4, 4), (4, 4), (2, 2), (2, 2), (1, 1)]
+
+
+def test_unknown_backbone_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="does not take option.*depth.*it takes: width_mult, dropout"):
+        build_model("vgg11", num_classes=10, in_shape=(3, 32, 32), mode="caps", depth=3)

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from capsmm.config import RunConfig, Sweep, build_runs, parse_assignment, set_value
+from capsmm.errors import ConfigError
+from capsmm.modes import ModeSchedule
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_set_values_are_typed():
+    config = RunConfig()
+    for text in ["train.lr=1e-3", "train.epochs=7", "train.lr_milestones=[3, 6]", "data.augment=true", "data.train_subset=null", "model.width_mult=2"]:
+        set_value(config, *parse_assignment(text))
+    assert config.train.lr == 0.001 and isinstance(config.train.lr, float)
+    assert config.train.epochs == 7 and config.train.lr_milestones == [3, 6]
+    assert config.data.augment is True and config.data.train_subset is None
+    assert config.model.width_mult == 2.0 and isinstance(config.model.width_mult, float)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
+    ("train.epochs=2.5", "expected an integer"),
+    ("data.augment=maybe", "expected true/false"),
+    ("train.lr_milestones=3", "expected a list of an integer"),
+    ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+    ("optim.lr=1", "unknown config key 'optim.lr'"),
+])
+def test_bad_values_and_keys_are_one_line_errors(text, message):
+    with pytest.raises(ConfigError) as info:
+        set_value(RunConfig(), *parse_assignment(text))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section():
+    with pytest.raises(ConfigError, match=r"valid: train\.mode, train\.epochs"):
+        set_value(RunConfig(), "train.bogus", 1)
+
+
+def test_validate_names_the_valid_choices():
+    config = RunConfig()
+    config.data.name = "imagenet"
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*valid: cifar10, cifar100, digits, fashion-mnist"):
+        config.validate()
+    config = RunConfig()
+    config.model.readout_norm = "groupnorm"
+    with pytest.raises(ConfigError, match="valid: batchnorm, layernorm, none"):
+        config.validate()
+
+
+def test_yaml_sections_and_unknown_sections(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("data: {name: digits}\ntrain: {epochs: 3, mode: local}\nout: somewhere\n")
+    [run] = build_runs(good, [])
+    assert (run.data.name, run.train.epochs, run.train.mode, run.out) == ("digits", 3, "local", "somewhere")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        build_runs(bad, [])
+
+
+def test_sweep_zips_within_an_axis_and_multiplies_across(tmp_path):
+    path = tmp_path / "table.yaml"
+    path.write_text(
+        "out: runs/t\nsweep:\n"
+        "  - {data.name: [mnist, fashion-mnist], train.epochs: [100, 200]}\n"
+        "  - {train.mode: [bp, caps]}\n"
+    )
+    runs = build_runs(path, [])
+    assert [(r.data.name, r.train.epochs, r.train.mode) for r in runs] == [
+        ("mnist", 100, "bp"), ("mnist", 100, "caps"), ("fashion-mnist", 200, "bp"), ("fashion-mnist", 200, "caps")]
+    assert runs[-1].out == str(Path("runs/t/fashion-mnist_200_caps"))
+    # a flag that fixes a swept key selects the matching variant, keeping its zipped values ...
+    runs = build_runs(path, [("data.name", "fashion-mnist")])
+    assert [(r.data.name, r.train.epochs) for r in runs] == [("fashion-mnist", 200)] * 2
+    # ... and one whose value is not in the sweep applies to every run
+    runs = build_runs(path, [("train.epochs", 1)])
+    assert [(r.data.name, r.train.epochs) for r in runs] == [("mnist", 1), ("mnist", 1), ("fashion-mnist", 1), ("fashion-mnist", 1)]
+
+
+def test_sweep_axis_lists_must_have_equal_length():
+    with pytest.raises(ConfigError, match="equal length"):
+        Sweep.from_yaml([{"data.name": ["a", "b"], "train.epochs": [1]}], "x")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_resolves_and_validates(path):
+    runs = build_runs(path, [])
+    assert runs
+    for run in runs:
+        run.validate()
+
+
+def test_schedule_switches_at_the_given_fraction():
+    schedule = ModeSchedule.parse("caps:0.9,caps-full")
+    assert [schedule.mode_at(e, 10) for e in range(10)] == ["caps"] * 9 + ["caps-full"]
+    three = ModeSchedule.parse("local:0.25,caps:0.5,caps-full")
+    assert [three.mode_at(e, 8) for e in range(8)] == ["local"] * 2 + ["caps"] * 2 + ["caps-full"] * 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bp:0.5,caps", "bp cannot be scheduled"),
+    ("caps:0.5,caps-full:0.9", "leave the last segment without an end"),
+    ("caps,caps-full", "needs an end fraction"),
+    ("caps:0.7,local:0.3,caps-full", "must increase"),
+    ("sgd", "unknown mode 'sgd'"),
+])
+def test_bad_schedules(text, message):
+    with pytest.raises(ConfigError, match=message):
+        ModeSchedule.parse(text)
