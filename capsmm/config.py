@@ -79,6 +79,11 @@ class TrainConfig:
     lr_gamma: float = opt('learning-rate factor at each milestone', 0.1)
     seed: int = opt('seed of initialisation, batch order, dropout and augmentation', 0)
     device: str = opt('auto (CUDA when available), cpu, cuda, cuda:N', "auto")
+    memory: str = opt('standard, or lean: exact caps/local gradients recomputing one block at a time (less memory)', "standard")
+    adam_impl: str = opt('Adam kernel: auto, foreach, fused, for-loop', "auto")
+    channels_last: bool = opt('channels-last memory format for conv backbones', False)
+    compile: bool = opt('torch.compile the model (standard memory only)', False)
+    amp: str = opt('autocast dtype: none or bf16', "none")
     eval_batch_size: int = opt('batch size for evaluation', 1000)
     progress: bool = opt('show a tqdm progress bar per epoch', True)
 
@@ -97,14 +102,24 @@ class RunConfig:
         """Check values that the types alone do not (names, ranges); returns ``self``."""
         from .data import DATASETS
         from .encoder import ENCODERS
-        from .modes import ModeSchedule
+        from .modes import DETACHED_MODES, ModeSchedule
         from .prototypes import HEADS
         from .readout import READOUT_NORMS
 
         DATASETS.get(self.data.name)
         ENCODERS.get(self.model.backbone)
-        ModeSchedule.parse(self.train.mode)
-        choices = {"model.readout_norm": (self.model.readout_norm, READOUT_NORMS), "model.head": (self.model.head, HEADS)}
+        schedule = ModeSchedule.parse(self.train.mode)
+        if self.train.memory == "lean" and not set(schedule.modes) <= DETACHED_MODES:
+            raise ConfigError(f"train.memory=lean needs caps or local throughout; train.mode is '{self.train.mode}'")
+        if self.train.memory == "lean" and self.train.compile:
+            raise ConfigError("train.compile applies to train.memory=standard only")
+        from .step import ADAM_IMPLS, AMP_DTYPES
+
+        choices = {
+            "model.readout_norm": (self.model.readout_norm, READOUT_NORMS), "model.head": (self.model.head, HEADS),
+            "train.memory": (self.train.memory, ("standard", "lean")), "train.adam_impl": (self.train.adam_impl, ADAM_IMPLS),
+            "train.amp": (self.train.amp, AMP_DTYPES),
+        }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")

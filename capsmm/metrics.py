@@ -6,12 +6,16 @@ import resource
 import statistics
 import sys
 import time
+import weakref
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -73,3 +77,47 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (peak / 2**20 if sys.platform == "darwin" else peak / 2**10), "process_peak_rss"
+
+
+class TensorMemoryMeter(TorchDispatchMode):
+    """Live and peak bytes of the tensor storages that operations allocate while the meter is on.
+
+    Works on any device, CPU included (where PyTorch keeps no allocator statistics): every op's
+    outputs are registered by storage (views and in-place results, which share an input's storage,
+    are not new memory), and a finaliser on the storage subtracts its bytes when it is freed.
+    Autograd's saved tensors and the gradients made by ``backward`` are ops' outputs too, so the
+    peak covers activations, gradients and temporaries; allocations inside a kernel are not seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0 or key in inputs or key in self._live:
+                continue
+            self._live[key] = storage.nbytes()
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._free, key)
+        return out
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of distinct storages among ``tensors``."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(seen.values())

@@ -99,7 +99,8 @@ class CAPModel(nn.Module):
             return next(iter(self.encoders.values())).blocks
         return nn.ModuleList(block for encoder in self.encoders.values() for block in encoder.blocks)
 
-    def _as_dict(self, inputs: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def as_inputs(self, inputs: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The inputs as ``{modality: tensor}`` (a bare tensor is the single encoder's input)."""
         if isinstance(inputs, Mapping):
             unknown = sorted(set(inputs) - set(self.encoders))
             if unknown:
@@ -112,19 +113,27 @@ class CAPModel(nn.Module):
             raise ValueError(f"a multimodal model takes a dict of inputs keyed by {list(self.encoders)}")
         return {next(iter(self.encoders)): inputs}
 
+    def block_readouts(self, modality: str) -> dict[int, CAPReadout]:
+        """Block index -> its readout, for the blocks of ``modality`` that have one."""
+        return dict(zip(self.read_blocks[modality], self.readouts[modality]))
+
+    def score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
+        """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``."""
+        if self._mode == "local":
+            block_logits = [self.head([p], [s]) for p, s in zip(patterns, slices)]
+            return CAPOutput(block_logits[-1], list(patterns), block_logits)
+        return CAPOutput(self.head(patterns, slices), list(patterns))
+
     def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> CAPOutput:
         detach = self._mode in DETACHED_MODES
         patterns: list[Tensor] = []
         slices: list[int] = []
-        for name, x in self._as_dict(inputs).items():
+        for name, x in self.as_inputs(inputs).items():
             activations = self.encoders[name].forward_blocks(x, detach=detach)
             for readout, block in zip(self.readouts[name], self.read_blocks[name]):
                 patterns.append(readout(activations[block]))
             slices.extend(self.slices[name])
-        if self._mode == "local":
-            block_logits = [self.head([p], [s]) for p, s in zip(patterns, slices)]
-            return CAPOutput(block_logits[-1], patterns, block_logits)
-        return CAPOutput(self.head(patterns, slices), patterns)
+        return self.score(patterns, slices)
 
 
 def build_model(

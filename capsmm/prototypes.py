@@ -35,9 +35,10 @@ class PrototypeHead(nn.Module):
         self.slice_dims = tuple(int(d) for d in slice_dims)
         self.offsets = tuple(sum(self.slice_dims[:i]) for i in range(len(self.slice_dims)))
         total = sum(self.slice_dims)
-        # template logits m . T_c have unit variance for a normalised m (||m||^2 ~ D) with std 1/sqrt(D)
-        std = 1.0 if kind == "cosine" else 1.0 / math.sqrt(total)
-        self.weight = nn.Parameter(torch.randn(num_classes, total) * std)
+        # std 1/sqrt(D), as nn.Linear: template logits m . T_c then have unit variance for a
+        # normalised m (||m||^2 ~ D), and Adam's per-coordinate steps (~lr) turn cosine prototypes
+        # at a useful rate (with unit-scale components they would barely rotate: ~lr radians/step).
+        self.weight = nn.Parameter(torch.randn(num_classes, total) / math.sqrt(total))
 
     @property
     def num_classes(self) -> int:

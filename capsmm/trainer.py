@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
-from .objectives import training_loss
+from .step import autocast_context, make_adam, prepare_inputs, train_step
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -63,7 +63,12 @@ class Trainer:
         self.log = log
         train = config.train
         self.schedule = ModeSchedule.parse(train.mode)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        if train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward_model = torch.compile(self.model) if train.compile else self.model
+        self.lean = train.memory == "lean"
+        self.autocast = autocast_context(device, train.amp)
+        self.optimizer = make_adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
         self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
         mean, std = data.channel_stats()
         self.train_loader = BatchLoader(
@@ -126,17 +131,14 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25
         bar = tqdm(
             self.train_loader.epoch(epoch), total=len(self.train_loader), leave=False,
-            desc=f"epoch {epoch + 1}/{self.config.train.epochs} {mode}", disable=not self.config.train.progress,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs} {mode}",
+            disable=None if self.config.train.progress else True,  # None: off when stderr is not a terminal
         )
         for step, (images, labels) in enumerate(bar):
-            with self.timer.phase("forward"):
-                output = self.model(images)
-                loss = training_loss(output, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.timer.phase("backward"):
-                loss.backward()
-            with self.timer.phase("step"):
-                self.optimizer.step()
+            output, loss = train_step(
+                self.forward_model, self.optimizer, prepare_inputs(images, self.config.train.channels_last), labels,
+                lean=self.lean, timer=self.timer, autocast=self.autocast,
+            )
             loss_sum += loss.detach() * len(labels)
             wrong += (output.logits.detach().argmax(1) != labels).sum()
             seen += len(labels)
@@ -157,7 +159,9 @@ class Trainer:
         self.model.eval()
         wrong, seen = 0, 0
         for images, labels in self.test_loader:
-            wrong += int((self.model(images).logits.argmax(1) != labels).sum())
+            with self.autocast:
+                logits = self.forward_model(prepare_inputs(images, self.config.train.channels_last)).logits
+            wrong += int((logits.argmax(1) != labels).sum())
             seen += len(labels)
         return wrong / seen
 

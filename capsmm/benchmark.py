@@ -1,0 +1,239 @@
+"""Side-by-side cost of training modes: parameters, peak memory, per-phase step time, and the floor.
+
+All variants of one backbone live in one process and are stepped round-robin (the start of each
+round rotates), so machine noise hits them alike; figures are medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .metrics import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
+from .model import CAPModel, build_model
+from .modes import MODES
+from .step import autocast_context, make_adam, prepare_inputs, train_step
+
+#: data-set name -> (per-sample input shape, classes), so no data need be read to benchmark
+DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+    "kmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+}
+#: bench mode -> (training mode, memory)
+BENCH_MODES: dict[str, tuple[str, str]] = {mode: (mode, "standard") for mode in MODES} | {
+    "caps-lean": ("caps", "lean"), "local-lean": ("local", "lean"),
+}
+#: speed options that --options can vary, with their type
+OPTIONS: dict[str, Callable[[str], Any]] = {
+    "adam_impl": str, "channels_last": lambda v: v.lower() in ("1", "true", "on", "yes"), "compile": lambda v: v.lower() in ("1", "true", "on", "yes"), "amp": str,
+}
+DEFAULT_OPTIONS = {"adam_impl": "auto", "channels_last": False, "compile": False, "amp": "none"}
+
+
+@dataclass
+class Variant:
+    """One thing to measure: a backbone in one mode with one set of speed options."""
+
+    backbone: str
+    mode: str
+    options: dict[str, Any]
+    model: CAPModel
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lean: bool
+    autocast: Any
+    times: dict[str, list[float]] = field(default_factory=lambda: {"forward_ms": [], "backward_ms": [], "optimizer_ms": [], "step_ms": []})
+
+    @property
+    def label(self) -> str:
+        changed = [f"{k}={v}" for k, v in self.options.items() if DEFAULT_OPTIONS[k] != v]
+        return " ".join([self.mode, *changed])
+
+
+def parse_options(specs: Sequence[str]) -> list[dict[str, Any]]:
+    """``["adam_impl=foreach,fused", "channels_last=false,true"]`` -> every combination of the values."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or key not in OPTIONS:
+            raise ConfigError(f"--options expects KEY=V1,V2 with KEY one of {', '.join(OPTIONS)}; got '{spec}'")
+        axes.append([(key, OPTIONS[key](v.strip())) for v in values.split(",") if v.strip()])
+    return [DEFAULT_OPTIONS | dict(combo) for combo in itertools.product(*axes)]
+
+
+def build_variant(backbone: str, mode: str, options: dict[str, Any], *, in_shape: tuple[int, ...], num_classes: int,
+                  width_mult: float, device: torch.device, lr: float = 5e-4) -> Variant:
+    if mode not in BENCH_MODES:
+        raise ConfigError(f"unknown bench mode '{mode}'; valid: {', '.join(BENCH_MODES)}")
+    train_mode, memory = BENCH_MODES[mode]
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=num_classes, in_shape=in_shape, mode=train_mode, width_mult=width_mult).to(device)
+    if options["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if options["compile"] and memory == "standard" else model
+    optimizer = make_adam(model.parameters(), lr=lr, impl=options["adam_impl"])
+    return Variant(backbone, mode, options, model, step_model, optimizer, memory == "lean", autocast_context(device, options["amp"]))
+
+
+def _step(variant: Variant, images: Tensor, labels: Tensor, timer: PhaseTimer | None = None) -> None:
+    train_step(variant.step_model, variant.optimizer, prepare_inputs(images, variant.options["channels_last"]), labels,
+               lean=variant.lean, timer=timer, autocast=variant.autocast)
+
+
+def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *, iters: int, warmup: int) -> None:
+    """Warm every variant up, then step them round-robin ``iters`` times, recording per-phase times."""
+    device = images.device
+    for variant in variants:
+        variant.model.train()
+        for _ in range(warmup):
+            _step(variant, images, labels)
+    for iteration in range(iters):
+        shift = iteration % len(variants)
+        for variant in [*variants[shift:], *variants[:shift]]:
+            timer = PhaseTimer(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            _step(variant, images, labels, timer)
+            phases = timer.collect()
+            variant.times["forward_ms"].append(phases["forward_ms"])
+            variant.times["backward_ms"].append(phases["backward_ms"])
+            variant.times["optimizer_ms"].append(phases["step_ms"])
+            variant.times["step_ms"].append(phases["forward_ms"] + phases["backward_ms"] + phases["step_ms"])
+
+
+def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[float, float, str]:
+    """(peak MiB of the whole step, peak MiB above the resting state minus gradients, method).
+
+    Resting state: parameters and optimiser state. The step's peak adds activations, gradients
+    and temporaries; the second figure removes the gradients, leaving activations and temporaries.
+    """
+    device = images.device
+    variant.optimizer.zero_grad(set_to_none=True)
+    resting = tensor_bytes(variant.model.parameters()) + tensor_bytes(
+        t for state in variant.optimizer.state.values() for t in state.values() if isinstance(t, Tensor) and t.device == device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _step(variant, images, labels)
+        torch.cuda.synchronize(device)
+        above, method = torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
+    else:
+        with TensorMemoryMeter() as meter:
+            _step(variant, images, labels)
+        above, method = meter.peak, "tensor storages alive (TensorMemoryMeter)"
+    grads = tensor_bytes(p.grad for p in variant.model.parameters() if p.grad is not None)
+    return (resting + above) / 2**20, (above - grads) / 2**20, method
+
+
+def _median_time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    samples = []
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples[1:])
+
+
+def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, float]:
+    """Weight-gradient and input-gradient time of every conv/linear layer of the encoders.
+
+    A stop-gradient can only remove input-gradient work, so the caps/bp backward ratio is bounded
+    below by ``floor = weight / (weight + input)``. The first layer is left out of the input part:
+    no mode computes the gradient of the images.
+    """
+    layers: list[tuple[nn.Module, Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: layers.append((mod, inp[0].detach())))
+             for m in model.encoders.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.train()(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weight_ms = input_ms = 0.0
+    for index, (layer, layer_input) in enumerate(layers):
+        layer_input = layer_input.clone().requires_grad_()
+        output = layer(layer_input)
+        grad = torch.randn_like(output)
+        params = [p for p in layer.parameters()]
+        weight_ms += _median_time(lambda: torch.autograd.grad(output, params, grad, retain_graph=True), images.device, reps)
+        if index > 0:
+            input_ms += _median_time(lambda: torch.autograd.grad(output, layer_input, grad, retain_graph=True), images.device, reps)
+    return {"weight_grad_ms": weight_ms, "input_grad_ms": input_ms, "floor": weight_ms / (weight_ms + input_ms)}
+
+
+def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[dict[str, Any]], *, dataset: str,
+                     batch_size: int, iters: int, warmup: int, width_mult: float, device: torch.device,
+                     memory: bool = True, floor: bool = True, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, float] | None]:
+    """Records (one per mode x option set) for one backbone, and its backward floor."""
+    if dataset not in DATASET_SHAPES:
+        raise ConfigError(f"unknown dataset '{dataset}' for the benchmark; valid: {', '.join(DATASET_SHAPES)}")
+    in_shape, num_classes = DATASET_SHAPES[dataset]
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, *in_shape, device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    variants = [build_variant(backbone, mode, options, in_shape=in_shape, num_classes=num_classes, width_mult=width_mult, device=device)
+                for options in option_sets for mode in modes]
+    log(f"{backbone}: timing {len(variants)} variants x {iters} steps (batch {batch_size}, {device})")
+    time_variants(variants, images, labels, iters=iters, warmup=warmup)
+    records = []
+    for variant in variants:
+        record: dict[str, Any] = {
+            "backbone": backbone, "mode": variant.mode, "label": variant.label, "options": variant.options,
+            "dataset": dataset, "batch_size": batch_size, "width_mult": width_mult, "device": str(device),
+            "params_m": count_parameters(variant.model)["total"] / 1e6,
+        }
+        record.update({key: statistics.median(values) for key, values in variant.times.items()})
+        if memory:
+            record["peak_memory_mib"], record["activation_mib"], record["memory_method"] = peak_step_memory(variant, images, labels)
+        records.append(record)
+    floor_figures = None
+    if floor:
+        bp = next((v for v in variants if v.mode == "bp"), variants[0])
+        floor_figures = backward_floor(bp.model, images)
+    _add_ratios(records)
+    return records, floor_figures
+
+
+def _add_ratios(records: list[dict[str, Any]]) -> None:
+    """Ratios of every record to ``bp`` with the same options (when measured)."""
+    for record in records:
+        reference = next((r for r in records if r["mode"] == "bp" and r["options"] == record["options"]), None)
+        if reference is None:
+            continue
+        for key in ("forward_ms", "backward_ms", "step_ms", "peak_memory_mib", "activation_mib"):
+            if key in record and reference.get(key):
+                record[f"{key.removesuffix('_ms').removesuffix('_mib')}_vs_bp"] = record[key] / reference[key]
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """The paper's cost columns (Tables 1-3) with ratios to bp beside each figure."""
+
+    def cell(record: dict[str, Any], key: str, ratio: str, fmt: str) -> str:
+        if key not in record:
+            return "-"
+        value = format(record[key], fmt)
+        return f"{value} ({record[ratio]:.2f}x)" if ratio in record and record["mode"] != "bp" else value
+
+    lines = ["| backbone | method | params (M) | memory (MiB) | activations (MiB) | forward (ms) | backward (ms) | optimizer (ms) | step (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r['backbone']} | {r['label']} | {r['params_m']:.2f} | {cell(r, 'peak_memory_mib', 'peak_memory_vs_bp', '.0f')} | "
+            f"{cell(r, 'activation_mib', 'activation_vs_bp', '.0f')} | {cell(r, 'forward_ms', 'forward_vs_bp', '.1f')} | "
+            f"{cell(r, 'backward_ms', 'backward_vs_bp', '.1f')} | {r['optimizer_ms']:.1f} | {cell(r, 'step_ms', 'step_vs_bp', '.1f')} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""One optimisation step, shared by the trainer and the benchmark so both measure the same thing.
+
+Also builds the optimiser and the speed options of ``train`` (Adam implementation, channels-last,
+``torch.compile``, bf16 autocast), each of which ``scripts/bench.py`` measures on and off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .lean import LeanState, lean_backward, lean_forward
+from .metrics import PhaseTimer
+from .model import CAPModel, CAPOutput
+from .objectives import training_loss
+
+ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
+AMP_DTYPES = ("none", "bf16")
+
+
+def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:
+    """Adam with the chosen kernel: ``foreach`` (batched tensor ops), ``fused`` (one fused kernel per
+    device/dtype), ``for-loop`` (one op per parameter), or ``auto`` (PyTorch's choice: foreach)."""
+    flags: dict[str, Any] = {
+        "auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False},
+    }.get(impl)
+    if flags is None:
+        raise ConfigError(f"unknown train.adam_impl '{impl}'; valid: {', '.join(ADAM_IMPLS)}")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **flags)
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ConfigError(f"unknown train.amp '{amp}'; valid: {', '.join(AMP_DTYPES)}")
+
+
+def prepare_inputs(images: Tensor, channels_last: bool) -> Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
+
+
+def train_step(
+    model: CAPModel | nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    lean: bool = False,
+    timer: PhaseTimer | None = None,
+    autocast: contextlib.AbstractContextManager[Any] | None = None,
+) -> tuple[CAPOutput, Tensor]:
+    """Forward, loss, backward and optimiser step; the three phases are timed when ``timer`` is given.
+
+    With ``lean`` the backward recomputes one block at a time (:mod:`capsmm.lean`).
+    """
+    phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
+    state: LeanState | None = None
+    optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not outlive it
+    with phase("forward"), (autocast or contextlib.nullcontext()):
+        if lean:
+            output, state = lean_forward(model, images)  # type: ignore[arg-type]
+        else:
+            output = model(images)
+        loss = training_loss(output, labels)
+    with phase("backward"):
+        if state is not None:
+            lean_backward(loss, state)
+        else:
+            loss.backward()
+    with phase("step"):
+        optimizer.step()
+    return output, loss

@@ -1,0 +1,62 @@
+"""The cost benchmark: its memory meter, and its records on a tiny configuration."""
+
+import json
+
+import pytest
+import torch
+
+from capsmm.errors import ConfigError
+from capsmm.benchmark import parse_options
+from capsmm.metrics import TensorMemoryMeter
+from conftest import load_script
+
+bench = load_script("bench")
+
+
+def test_meter_counts_allocations_until_freed_and_not_views():
+    with TensorMemoryMeter() as meter:
+        a = torch.zeros(1024, 256)  # 1 MiB
+        view = a[:10].t()
+        b = a + 1  # another MiB
+        a.add_(1)  # in place: no new memory
+        del b
+    assert meter.peak == 2 * 2**20
+    assert meter.current == 2**20
+    del a, view
+    assert meter.current == 0
+
+
+def test_meter_sees_tensors_saved_for_backward():
+    w = torch.randn(256, 256, requires_grad=True)
+    x = torch.randn(512, 256)
+    with TensorMemoryMeter() as meter:
+        loss = (x @ w).relu().sum()
+        saved = meter.current
+        loss.backward()
+    assert saved >= 512 * 256 * 4  # the relu output is kept for backward
+
+
+def test_options_product():
+    sets = parse_options(["adam_impl=foreach,fused", "channels_last=false,true"])
+    assert [(s["adam_impl"], s["channels_last"]) for s in sets] == [("foreach", False), ("foreach", True), ("fused", False), ("fused", True)]
+    with pytest.raises(ConfigError, match="KEY one of"):
+        parse_options(["speed=fast"])
+
+
+def test_bench_records_and_lean_memory(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = bench.main(["--backbones", "vgg8", "--modes", "bp,caps,caps-full,caps-lean", "--width-mult", "0.25",
+                       "--batch-size", "32", "--iters", "2", "--warmup", "1", "--json", str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| vgg8 | caps-lean |" in out and "backward floor" in out
+    records = {r["mode"]: r for r in json.loads(path.read_text())}
+    assert set(records) == {"bp", "caps", "caps-full", "caps-lean"}
+    for record in records.values():
+        assert {"backbone", "mode", "params_m", "peak_memory_mib", "forward_ms", "backward_ms", "step_ms"} <= set(record)
+        assert record["step_ms"] == pytest.approx(record["forward_ms"] + record["backward_ms"] + record["optimizer_ms"])
+        assert 0 < record["backward_floor"] < 1
+    # one block's graph at a time: less activation memory than any mode that keeps every block's graph
+    assert records["caps-lean"]["activation_mib"] < 0.8 * records["caps"]["activation_mib"]
+    assert records["caps-lean"]["activation_mib"] < records["bp"]["activation_mib"]
+    assert records["caps"]["params_m"] == records["caps-lean"]["params_m"] > records["bp"]["params_m"]

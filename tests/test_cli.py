@@ -1,0 +1,108 @@
+"""scripts/train_vision.py: one-line errors with exit status 2, --help, and the offline quickstart."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, load_script
+
+train_vision = load_script("train_vision")
+
+
+def run_main(argv, capsys):
+    code = train_vision.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err, *fragments):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, imagefolder, kmnist, mnist"]),
+    (["--backbone", "resnet50"], ["unknown backbone 'resnet50'", "mlp", "vgg19"]),
+    (["--mode", "sgd"], ["unknown mode 'sgd'", "valid: bp, caps, caps-full, local"]),
+    (["--set", "train.lrr=0.1"], ["unknown config key 'train.lrr'", "did you mean 'train.lr'"]),
+    (["--set", "train.epochs=many"], ["train.epochs: expected an integer, got 'many'"]),
+    (["--set", "model.readout_norm=groupnorm"], ["valid: batchnorm, layernorm, none"]),
+    (["--set", "noequals"], ["--set expects key=value"]),
+])
+def test_bad_input_exits_2_with_one_line(argv, fragments, capsys, tmp_path):
+    code, out, err = run_main([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+    assert not list(tmp_path.iterdir()), "nothing is written for a rejected command"
+
+
+def test_argparse_type_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as info:
+        train_vision.main(["--epochs", "ten"])
+    assert info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "argument --epochs: invalid int value: 'ten'")
+
+
+def test_bad_config_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  backbone: mlp\n  widht_mult: 2\n")
+    code, _, err = run_main(["--config", str(path)], capsys)
+    assert code == 2
+    assert_one_line_error(err, "unknown config key 'model.widht_mult'", "did you mean 'model.width_mult'")
+    code, _, err = run_main(["--config", str(tmp_path / "missing.yaml")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_missing_data_set_is_one_line_naming_the_files(tmp_path, capsys):
+    code, _, err = run_main(["--dataset", "kmnist", "--data-root", str(tmp_path), "--set", "data.download=false", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "train-images-idx3-ubyte", str(tmp_path / "torchvision" / "KMNIST" / "raw"))
+
+
+def test_errors_in_a_real_process_have_no_traceback():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_vision.py"), "--backbone", "vgg99"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "unknown backbone 'vgg99'", "did you mean 'vgg19'")
+
+
+def test_help_documents_flags_and_config_keys(capsys):
+    with pytest.raises(SystemExit) as info:
+        train_vision.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--dataset", "--backbone", "--mode", "--epochs", "--batch-size", "--lr", "--data-root", "--out", "--seed",
+                 "--device", "--train-subset", "--test-subset", "--config", "--set", "--resume"]:
+        assert flag in text
+    for key in ["data.augment", "model.readout_norm", "model.head", "train.lr_milestones", "train.mode"]:
+        assert key in text
+
+
+def test_flags_train_and_record(tmp_path, capsys):
+    code, out, _ = run_main(["--dataset", "digits", "--backbone", "mlp", "--mode", "local", "--epochs", "2", "--lr", "2e-3",
+                             "--batch-size", "64", "--train-subset", "600", "--test-subset", "100", "--seed", "3",
+                             "--device", "cpu", "--set", "model.hidden=64", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    config = results["config"]
+    assert (config["train"]["mode"], config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == ("local", 2, 2e-3, 64)
+    assert (config["data"]["train_subset"], config["train"]["seed"], config["model"]["hidden"]) == (600, 3, 64)
+    assert "params " in out  # the parameter count is printed at the start of the run
+    code, _, err = run_main(["--dataset", "digits", "--epochs", "2", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--resume" in err
+
+
+def test_quickstart_with_no_arguments(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_main([], capsys)
+    assert code == 0
+    rows = {line.split("|")[3].strip(): line for line in out.splitlines() if line.startswith("| digits")}
+    assert set(rows) == {"bp", "caps"}
+    for mode in ("bp", "caps"):
+        results = json.loads((tmp_path / "runs" / "quickstart" / mode / "results.json").read_text())
+        assert results["test_error"] < 0.1  # chance: 0.9

@@ -1,0 +1,194 @@
+"""Training runs on the bundled digits: records, determinism, schedules, checkpoints and resuming."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capsmm.checkpoint import load_checkpoint, save_checkpoint
+from capsmm.config import build_runs
+from capsmm.errors import CheckpointError, ConfigError, TrainingError
+from capsmm.run import train
+
+METRIC_KEYS = {"epoch", "mode", "lr", "train_loss", "train_error", "test_error", "epoch_seconds", "forward_ms", "backward_ms", "step_ms"}
+RESULT_KEYS = {"dataset", "backbone", "mode", "params", "test_error", "train_error", "peak_memory_mib", "forward_ms",
+               "backward_ms", "epochs", "wall_seconds", "config"}
+
+
+def digits_config(out, **overrides):
+    base = {"data.name": "digits", "model.hidden": 64, "model.pattern_width": 64, "train.epochs": 2,
+            "train.batch_size": 64, "train.lr": 2e-3, "train.progress": False,
+            "train.device": "cpu", "out": str(out)}
+    base.update(overrides)
+    [config] = build_runs(None, list(base.items()))
+    return config
+
+
+def quiet(_):
+    pass
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_metrics_results_and_checkpoint(tmp_path):
+    results = train(digits_config(tmp_path, **{"train.epochs": 3}), log=quiet)
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert RESULT_KEYS <= set(saved)
+    assert 0 <= saved["test_error"] <= 1 and 0 <= saved["train_error"] <= 1
+    assert saved["test_error"] == metrics[-1]["test_error"]
+    assert saved["config"]["train"]["epochs"] == 3 and saved["mode"] == "caps"
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert saved["params"] == sum(t.numel() for k, t in checkpoint["model"].items() if "running" not in k and "num_batches" not in k)
+    assert checkpoint["epoch"] == 3
+
+
+def test_training_lowers_the_loss(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 4}), log=quiet)
+    losses = [m["train_loss"] for m in read_metrics(tmp_path)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_same_seed_same_run_bit_for_bit(tmp_path):
+    train(digits_config(tmp_path / "a", **{"data.augment": True}), log=quiet)
+    train(digits_config(tmp_path / "b", **{"data.augment": True}), log=quiet)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+    ta, tb = load_file(tmp_path / "a" / "checkpoint.safetensors"), load_file(tmp_path / "b" / "checkpoint.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta if not k.startswith("state.rng"))
+    train(digits_config(tmp_path / "c", **{"train.seed": 1}), log=quiet)
+    assert read_metrics(tmp_path / "c")[0]["train_loss"] != a[0]["train_loss"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(epoch):
+    def log(line):
+        if line.startswith(f"epoch {epoch}/"):
+            raise Interrupt  # the run dies right after the checkpoint of ``epoch``
+    return log
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    overrides = {"train.epochs": 4, "train.mode": "caps:0.5,caps-full", "train.lr_milestones": [3], "data.augment": True}
+    train(digits_config(tmp_path / "straight", **overrides), log=quiet)
+    with pytest.raises(Interrupt):
+        train(digits_config(tmp_path / "split", **overrides), log=interrupt_after(2))
+    # as if it also died after writing epoch 3's metrics line but before that epoch's checkpoint
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "partial": true}\n')
+    train(digits_config(tmp_path / "split", **overrides), resume=True, log=quiet)
+    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.endswith(("_ms", "_seconds"))} for r in rows]
+    assert drop(split) == drop(straight)
+    assert [r["mode"] for r in split] == ["caps", "caps", "caps-full", "caps-full"]
+    a, b = load_file(tmp_path / "straight" / "checkpoint.safetensors"), load_file(tmp_path / "split" / "checkpoint.safetensors")
+    model_keys = [k for k in a if k.startswith("state.model")]
+    assert model_keys and all(torch.equal(a[k], b[k]) for k in model_keys)
+
+
+def test_resume_may_extend_the_run(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    results = train(digits_config(tmp_path, **{"train.epochs": 2}), resume=True, log=quiet)
+    assert results["epochs"] == 2 and [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_schedule_changes_mode_per_epoch(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 4, "train.mode": "caps:0.5,caps-full"}), log=quiet)
+    assert [m["mode"] for m in read_metrics(tmp_path)] == ["caps", "caps", "caps-full", "caps-full"]
+
+
+def test_lr_milestones(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 3, "train.lr_milestones": [1, 2], "train.lr_gamma": 0.5}), log=quiet)
+    assert [m["lr"] for m in read_metrics(tmp_path)] == pytest.approx([2e-3, 1e-3, 5e-4])
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    with pytest.raises(CheckpointError, match=r"train.lr: 0.002 -> 0.001"):
+        train(digits_config(tmp_path, **{"train.epochs": 2, "train.lr": 1e-3}), resume=True, log=quiet)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="unreadable.*delete it"):
+        train(digits_config(tmp_path, **{"train.epochs": 2}), resume=True, log=quiet)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"a": torch.ones(3), "meta": {1: "x"}})
+    def crash(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"a": torch.zeros(3), "meta": {1: "y"}})
+    state = load_checkpoint(path)
+    assert torch.equal(state["a"], torch.ones(3)) and state["meta"] == {1: "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_nan_loss_stops_with_a_training_error(tmp_path, monkeypatch):
+    import capsmm.step as step_module
+
+    original = step_module.training_loss
+    calls = {"n": 0}
+
+    def poisoned(output, targets):
+        calls["n"] += 1
+        loss = original(output, targets)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(step_module, "training_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan in epoch 1 \(by step 3\).*Lower train.lr"):
+        train(digits_config(tmp_path), log=quiet)
+
+
+@pytest.mark.parametrize("mode", ["bp", "local"])
+def test_other_modes_train(tmp_path, mode):
+    results = train(digits_config(tmp_path, **{"train.mode": mode, "train.epochs": 3}), log=quiet)
+    assert results["test_error"] < 0.3  # chance is 0.9
+
+
+def test_lean_memory_trains_like_plain_caps(tmp_path):
+    plain = train(digits_config(tmp_path / "plain", **{"model.dropout": 0.2}), log=quiet)
+    lean = train(digits_config(tmp_path / "lean", **{"model.dropout": 0.2, "train.memory": "lean"}), log=quiet)
+    a, b = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "lean")
+    assert [m["train_loss"] for m in b] == pytest.approx([m["train_loss"] for m in a], rel=1e-4)
+    assert lean["test_error"] == pytest.approx(plain["test_error"], abs=0.01)
+
+
+@pytest.mark.parametrize("option", [{"train.adam_impl": "fused"}, {"train.adam_impl": "for-loop"}, {"train.channels_last": True}])
+def test_speed_options_do_not_change_the_result(tmp_path, option):
+    # no dropout: a channels-last tensor draws its dropout mask in memory order, i.e. another mask
+    base = {"model.backbone": "vgg6", "model.hidden": None, "model.width_mult": 0.125, "model.dropout": 0.0,
+            "data.train_subset": 256, "train.epochs": 1}
+    reference = train(digits_config(tmp_path / "ref", **base), log=quiet)
+    other = train(digits_config(tmp_path / "opt", **base, **option), log=quiet)
+    assert other["test_error"] == pytest.approx(reference["test_error"], abs=0.02)
+    a, b = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "opt")
+    assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-3)
+
+
+def test_lean_rejects_modes_that_keep_the_gradient(tmp_path):
+    with pytest.raises(ConfigError, match="lean needs caps or local"):
+        train(digits_config(tmp_path, **{"train.memory": "lean", "train.mode": "caps:0.5,caps-full"}), log=quiet)
