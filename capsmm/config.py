@@ -85,6 +85,8 @@ class TrainConfig:
     compile: bool = opt('torch.compile the model (standard memory only)', False)
     amp: str = opt('autocast dtype: none or bf16', "none")
     eval_batch_size: int = opt('batch size for evaluation', 1000)
+    diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0)
+    diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512)
     progress: bool = opt('show a tqdm progress bar per epoch', True)
 
 
@@ -128,10 +130,13 @@ class RunConfig:
             "train.eval_batch_size": self.train.eval_batch_size, "model.pattern_width": self.model.pattern_width,
             "data.image_size": self.data.image_size, "data.train_subset": self.data.train_subset,
             "data.test_subset": self.data.test_subset, "train.lr": self.train.lr, "model.width_mult": self.model.width_mult,
+            "train.diagnostics_samples": self.train.diagnostics_samples,
         }
         for key, value in positive.items():
             if value is not None and not value > 0:
                 raise ConfigError(f"{key} must be positive, got {value}")
+        if self.train.diagnostics_every < 0:
+            raise ConfigError(f"train.diagnostics_every must be >= 0 (0 = off), got {self.train.diagnostics_every}")
         if self.train.batch_size < 2:
             raise ConfigError("train.batch_size must be at least 2 (batch statistics need two samples)")
         if not 0 <= self.model.dropout < 1:

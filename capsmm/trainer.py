@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig
 from .data import BatchLoader, ImageDataset
+from .diagnostics import model_diagnostics
 from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
@@ -76,6 +77,8 @@ class Trainer:
             shuffle=True, augment=config.data.augment, seed=train.seed,
         )
         self.test_loader = BatchLoader(data.test, train.eval_batch_size, mean=mean, std=std, device=device)
+        self.diagnostics_batch = next(iter(BatchLoader(data.test.head(train.diagnostics_samples), train.diagnostics_samples,
+                                                       mean=mean, std=std, device=device)))
         self.timer = PhaseTimer(device)
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
@@ -185,6 +188,12 @@ class Trainer:
             record.update(self._train_epoch(epoch, mode))
             record["test_error"] = self.evaluate()
             record.update(self.timer.collect())
+            every = self.config.train.diagnostics_every
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+                began_diagnostics = time.perf_counter()
+                images, labels = self.diagnostics_batch
+                record["diagnostics"] = model_diagnostics(self.model, prepare_inputs(images, self.config.train.channels_last), labels)
+                record["diagnostics_seconds"] = time.perf_counter() - began_diagnostics
             self.lr_schedule.step()
             record["epoch_seconds"] = time.perf_counter() - began
             self.wall_seconds += record["epoch_seconds"]
