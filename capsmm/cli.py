@@ -22,48 +22,75 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
-#: flag -> (config key, type, help)
-CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--dataset": ("data.name", str, "data set (data.name)"),
-    "--backbone": ("model.backbone", str, "backbone (model.backbone)"),
-    "--mode": ("train.mode", str, "bp | caps | caps-full | local, or a schedule like caps:0.9,caps-full (train.mode)"),
-    "--epochs": ("train.epochs", int, "epochs (train.epochs)"),
-    "--batch-size": ("train.batch_size", int, "batch size (train.batch_size)"),
-    "--lr": ("train.lr", float, "Adam learning rate (train.lr)"),
-    "--data-root": ("data.root", str, "data root; default $CAPSMM_DATA, else ./data (data.root)"),
-    "--out": ("out", str, "output folder (out)"),
-    "--seed": ("train.seed", int, "random seed (train.seed)"),
-    "--device": ("train.device", str, "auto | cpu | cuda | cuda:N (train.device)"),
-    "--train-subset": ("data.train_subset", int, "train on the first N samples only (data.train_subset)"),
-    "--test-subset": ("data.test_subset", int, "test on the first N samples only (data.test_subset)"),
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+#: flag -> (config keys it sets, type, help); the vision script's flags
+VISION_FLAGS: dict[str, tuple[tuple[str, ...], Any, str]] = {
+    "--dataset": (("data.name",), str, "data set (data.name)"),
+    "--backbone": (("model.backbone",), str, "backbone (model.backbone)"),
+    "--mode": (("train.mode",), str, "bp | caps | caps-full | local, or a schedule like caps:0.9,caps-full (train.mode)"),
+    "--epochs": (("train.epochs",), int, "epochs (train.epochs)"),
+    "--batch-size": (("train.batch_size",), int, "batch size (train.batch_size)"),
+    "--lr": (("train.lr",), float, "Adam learning rate (train.lr)"),
+    "--data-root": (("data.root",), str, "data root; default $CAPSMM_DATA, else ./data (data.root)"),
+    "--out": (("out",), str, "output folder (out)"),
+    "--seed": (("train.seed",), int, "random seed (train.seed)"),
+    "--device": (("train.device",), str, "auto | cpu | cuda | cuda:N (train.device)"),
+    "--train-subset": (("data.train_subset",), int, "train on the first N samples only (data.train_subset)"),
+    "--test-subset": (("data.test_subset",), int, "test on the first N samples only (data.test_subset)"),
+}
+
+#: the multimodal script's flags
+MULTIMODAL_FLAGS: dict[str, tuple[tuple[str, ...], Any, str]] = {
+    "--image-dataset": (("image.name",), str, "image data set (image.name)"),
+    "--image-root": (("image.root",), str, "image data root; default $CAPSMM_DATA, else ./data (image.root)"),
+    "--audio-dataset": (("audio.name",), str, "audio data set: fsdd | audiofolder (audio.name)"),
+    "--audio-root": (("audio.root",), str, "audio data root; default $CAPSMM_DATA, else ./data (audio.root)"),
+    "--test-speakers": (("audio.test_speakers",), comma_list, "fsdd speakers held out for testing, e.g. lucas or a,b (audio.test_speakers)"),
+    "--mode": VISION_FLAGS["--mode"],
+    "--fusion": (("multimodal.fusion",), str, "joint | late | concat-bp (multimodal.fusion)"),
+    "--epochs": VISION_FLAGS["--epochs"],
+    "--batch-size": VISION_FLAGS["--batch-size"],
+    "--lr": VISION_FLAGS["--lr"],
+    "--train-subset": (("image.train_subset", "audio.train_subset"), int, "first N training samples of each modality"),
+    "--test-subset": (("image.test_subset", "audio.test_subset"), int, "first N test samples of each modality"),
+    "--seed": VISION_FLAGS["--seed"],
+    "--device": VISION_FLAGS["--device"],
+    "--out": VISION_FLAGS["--out"],
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, flags: Sequence[str] = tuple(CONFIG_FLAGS)) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, flags: dict[str, tuple[tuple[str, ...], Any, str]]) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML run config (may define a sweep of runs)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any config key, e.g. --set train.lr=1e-3 (repeatable)")
-    for flag in flags:
-        key, kind, text = CONFIG_FLAGS[flag]
-        parser.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=text)
+    for flag, (_, kind, text) in flags.items():
+        metavar = "A,B" if kind is comma_list else getattr(kind, "__name__", "VALUE").upper()
+        parser.add_argument(flag, type=kind, dest=flag.lstrip("-").replace("-", "_"), default=None, metavar=metavar, help=text)
     parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out from their last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
 
 
-def overrides_from(args: argparse.Namespace) -> list[tuple[str, Any]]:
+def overrides_from(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, ...], Any, str]]) -> list[tuple[str, Any]]:
     """Config overrides in precedence order: flags, then ``--set`` (the last one wins)."""
-    overrides = [(key, getattr(args, key)) for key, _, _ in CONFIG_FLAGS.values() if getattr(args, key, None) is not None]
+    overrides = []
+    for flag, (keys, _, _) in flags.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is not None:
+            overrides += [(key, value) for key in keys]
     if args.no_progress:
         overrides.append(("train.progress", False))
     overrides += [parse_assignment(text) for text in args.set]
     return overrides
 
 
-def config_epilog() -> str:
-    return "config keys (YAML sections data/model/train, or --set key=value):\n" + describe_keys()
+def config_epilog(schema: type) -> str:
+    return "config keys (YAML sections, or --set key=value):\n" + describe_keys(schema)
 
 
-def runs_from_args(args: argparse.Namespace) -> list:
-    runs = build_runs(args.config, overrides_from(args))
+def runs_from_args(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, ...], Any, str]], schema: type) -> list[Any]:
+    runs = build_runs(args.config, overrides_from(args, flags), schema)
     for run in runs:
         run.validate()
     return runs

@@ -24,6 +24,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,17 @@ def opt(help: str, default: Any = dataclasses.MISSING, *, factory: Any = datacla
     return field(default=default, default_factory=factory, metadata={"help": help})
 
 
+def _check_positive(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def _check_choice(key: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+
+
 @dataclass
 class DataConfig:
     name: str = opt('data set: digits (offline, bundled with scikit-learn), mnist, fashion-mnist, kmnist, cifar10, cifar100, imagefolder', "digits")
@@ -48,24 +60,98 @@ class DataConfig:
     image_size: int = opt('imagefolder only: images are resized to image_size x image_size', 32)
     augment: bool = opt('random crop (padding size/8) + horizontal flip on training batches; off in the paper', False)
 
+    def validate(self, prefix: str) -> None:
+        from .data import DATASETS
+
+        DATASETS.get(self.name)
+        _check_positive({f"{prefix}.image_size": self.image_size, f"{prefix}.train_subset": self.train_subset,
+                         f"{prefix}.test_subset": self.test_subset})
+
 
 @dataclass
-class ModelConfig:
-    backbone: str = opt('mlp, vgg6, vgg8, vgg11, vgg16, vgg19 (or a registered encoder)', "mlp")
+class AudioDataConfig:
+    name: str = opt("audio data set: fsdd (Free Spoken Digit Dataset), audiofolder", "fsdd")
+    root: str | None = opt("data root; default $CAPSMM_DATA, else ./data. fsdd lives in <root>/fsdd", None)
+    path: str | None = opt("folder of the set (absolute, or relative to the root); fsdd default <root>/fsdd, audiofolder default <root>", None)
+    test_speakers: list[str] | None = opt("fsdd: speakers held out for testing (all their recordings); default: the take rule (takes 0-4 test)", None)
+    sample_rate: int = opt("waveforms are resampled to this rate (Hz)", 8000)
+    duration: float = opt("seconds per clip: longer ones are centre-cropped, shorter ones zero-padded at the end", 1.0)
+    train_subset: int | None = opt("use only the first N training clips", None)
+    test_subset: int | None = opt("use only the first N test clips", None)
+
+    def validate(self, prefix: str) -> None:
+        from modalities.audio import AUDIO_DATASETS
+
+        AUDIO_DATASETS.get(self.name)
+        _check_positive({f"{prefix}.sample_rate": self.sample_rate, f"{prefix}.duration": self.duration,
+                         f"{prefix}.train_subset": self.train_subset, f"{prefix}.test_subset": self.test_subset})
+
+    @property
+    def length(self) -> int:
+        return max(1, round(self.sample_rate * self.duration))
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19; audio audio-cnn', "mlp")
     width_mult: float = opt("channel / unit multiplier (the paper's 1x, 2x, 4x)", 1.0)
     depth: int | None = opt('mlp only: number of hidden layers (default 3)', None)
     hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None)
     dropout: float = opt('dropout at the end of every block', 0.2)
+    source: str | None = opt('hf-* backbones: local directory of a transformers model (save_pretrained)', None)
+
+    def encoder_options(self) -> dict[str, Any]:
+        """Options for the backbone builder. Unset options (None) are left to the builder's defaults,
+        and so are ``width_mult`` and ``dropout`` at their defaults when the builder has no such
+        option (a transformers model); set to anything else, the builder must take them."""
+        from .encoder import encoder_options
+
+        accepted = encoder_options(self.backbone)
+        defaults = EncoderConfig()
+        options: dict[str, Any] = {}
+        for key in ("width_mult", "dropout", "depth", "hidden", "source"):
+            value = getattr(self, key)
+            if value is not None and (key in accepted or value != getattr(defaults, key)):
+                options[key] = value
+        return options
+
+    def validate(self, prefix: str, modality: str) -> None:
+        from .encoder import encoder_modality
+
+        found = encoder_modality(self.backbone)
+        if found != modality:
+            raise ConfigError(f"{prefix}.backbone '{self.backbone}' encodes {found}, not {modality}")
+        _check_positive({f"{prefix}.width_mult": self.width_mult})
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class HeadConfig:
     pattern_width: int = opt("width of each block's CAP vector after pooling", 1024)
     readout_norm: str = opt('normalisation of each CAP vector: batchnorm, layernorm, none', "batchnorm")
     head: str = opt('class prototype scores: cosine (eq. 7, with temperature) or template (Algorithm 1)', "cosine")
     temperature: float = opt('tau of the cosine head', 0.1)
 
-    def encoder_options(self) -> dict[str, Any]:
-        """Options for the backbone builder (unset MLP-only options are left to its defaults)."""
-        options: dict[str, Any] = {"width_mult": self.width_mult, "dropout": self.dropout}
-        options.update({k: v for k, v in (("depth", self.depth), ("hidden", self.hidden)) if v is not None})
-        return options
+    def head_options(self) -> dict[str, Any]:
+        return {"pattern_width": self.pattern_width, "readout_norm": self.readout_norm, "head": self.head, "temperature": self.temperature}
+
+    def validate(self, prefix: str) -> None:
+        from .prototypes import HEADS
+        from .readout import READOUT_NORMS
+
+        _check_choice(f"{prefix}.readout_norm", self.readout_norm, READOUT_NORMS)
+        _check_choice(f"{prefix}.head", self.head, HEADS)
+        _check_positive({f"{prefix}.pattern_width": self.pattern_width})
+
+
+@dataclass
+class ModelConfig(EncoderConfig, HeadConfig):
+    """One encoder and its head (the vision runs): the keys of both."""
+
+    def validate(self, prefix: str, modality: str = "image") -> None:
+        EncoderConfig.validate(self, prefix, modality)
+        HeadConfig.validate(self, prefix)
 
 
 @dataclass
@@ -77,7 +163,7 @@ class TrainConfig:
     weight_decay: float = opt('Adam weight decay', 0.0)
     lr_milestones: list[int] = opt('epochs at which the learning rate is multiplied by lr_gamma (MultiStepLR)', factory=list)
     lr_gamma: float = opt('learning-rate factor at each milestone', 0.1)
-    seed: int = opt('seed of initialisation, batch order, dropout and augmentation', 0)
+    seed: int = opt('seed of initialisation, batch order, pairing, dropout and augmentation', 0)
     device: str = opt('auto (CUDA when available), cpu, cuda, cuda:N', "auto")
     memory: str = opt('standard, or lean: exact caps/local gradients recomputing one block at a time (less memory)', "standard")
     adam_impl: str = opt('Adam kernel: auto, foreach, fused, for-loop', "auto")
@@ -89,9 +175,32 @@ class TrainConfig:
     diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512)
     progress: bool = opt('show a tqdm progress bar per epoch', True)
 
+    def validate(self, prefix: str = "train") -> None:
+        from .modes import DETACHED_MODES, ModeSchedule
+        from .step import ADAM_IMPLS, AMP_DTYPES
+
+        schedule = ModeSchedule.parse(self.mode)
+        _check_choice(f"{prefix}.memory", self.memory, ("standard", "lean"))
+        _check_choice(f"{prefix}.adam_impl", self.adam_impl, ADAM_IMPLS)
+        _check_choice(f"{prefix}.amp", self.amp, AMP_DTYPES)
+        if self.memory == "lean" and not set(schedule.modes) <= DETACHED_MODES:
+            raise ConfigError(f"{prefix}.memory=lean needs caps or local throughout; {prefix}.mode is '{self.mode}'")
+        if self.memory == "lean" and self.compile:
+            raise ConfigError(f"{prefix}.compile applies to {prefix}.memory=standard only")
+        _check_positive({f"{prefix}.epochs": self.epochs, f"{prefix}.batch_size": self.batch_size, f"{prefix}.lr": self.lr,
+                         f"{prefix}.eval_batch_size": self.eval_batch_size, f"{prefix}.diagnostics_samples": self.diagnostics_samples})
+        if self.diagnostics_every < 0:
+            raise ConfigError(f"{prefix}.diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
+        if self.batch_size < 2:
+            raise ConfigError(f"{prefix}.batch_size must be at least 2 (batch statistics need two samples)")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"{prefix}.device '{self.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+
 
 @dataclass
 class RunConfig:
+    """A vision run (``scripts/train_vision.py``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -102,53 +211,83 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check values that the types alone do not (names, ranges); returns ``self``."""
-        from .data import DATASETS
-        from .encoder import ENCODERS
-        from .modes import DETACHED_MODES, ModeSchedule
-        from .prototypes import HEADS
-        from .readout import READOUT_NORMS
-
-        DATASETS.get(self.data.name)
-        ENCODERS.get(self.model.backbone)
-        schedule = ModeSchedule.parse(self.train.mode)
-        if self.train.memory == "lean" and not set(schedule.modes) <= DETACHED_MODES:
-            raise ConfigError(f"train.memory=lean needs caps or local throughout; train.mode is '{self.train.mode}'")
-        if self.train.memory == "lean" and self.train.compile:
-            raise ConfigError("train.compile applies to train.memory=standard only")
-        from .step import ADAM_IMPLS, AMP_DTYPES
-
-        choices = {
-            "model.readout_norm": (self.model.readout_norm, READOUT_NORMS), "model.head": (self.model.head, HEADS),
-            "train.memory": (self.train.memory, ("standard", "lean")), "train.adam_impl": (self.train.adam_impl, ADAM_IMPLS),
-            "train.amp": (self.train.amp, AMP_DTYPES),
-        }
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
-        positive = {
-            "train.epochs": self.train.epochs, "train.batch_size": self.train.batch_size,
-            "train.eval_batch_size": self.train.eval_batch_size, "model.pattern_width": self.model.pattern_width,
-            "data.image_size": self.data.image_size, "data.train_subset": self.data.train_subset,
-            "data.test_subset": self.data.test_subset, "train.lr": self.train.lr, "model.width_mult": self.model.width_mult,
-            "train.diagnostics_samples": self.train.diagnostics_samples,
-        }
-        for key, value in positive.items():
-            if value is not None and not value > 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
-        if self.train.diagnostics_every < 0:
-            raise ConfigError(f"train.diagnostics_every must be >= 0 (0 = off), got {self.train.diagnostics_every}")
-        if self.train.batch_size < 2:
-            raise ConfigError("train.batch_size must be at least 2 (batch statistics need two samples)")
-        if not 0 <= self.model.dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.train.device):
-            raise ConfigError(f"train.device '{self.train.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+        self.data.validate("data")
+        self.model.validate("model")
+        self.train.validate("train")
         return self
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
         return Path("runs") / slug(f"{self.data.name}_{self.model.backbone}_{self.train.mode}")
+
+
+FUSIONS = ("joint", "late", "concat-bp")
+
+
+@dataclass
+class MultimodalConfig:
+    fusion: str = opt("joint: one prototype space over every modality's CAP blocks; late: independent single-modality models, "
+                      "mean of their class probabilities; concat-bp: end-to-end bp, last blocks concatenated, linear head", "joint")
+    modalities: list[str] = opt("modalities to train on (one of them alone = a single-modality baseline)", factory=lambda: ["audio", "image"])
+    anchor: str = opt("the modality whose training samples make an epoch; the others are paired to them by class", "audio")
+    pairing: str = opt("class: a random same-class partner (redrawn each training epoch, fixed for test); row: sample i with sample i", "class")
+    modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0)
+    extend_from: str | None = opt("run folder of a trained joint model: freeze it and train only the modalities it lacks", None)
+
+    def validate(self, prefix: str) -> None:
+        _check_choice(f"{prefix}.fusion", self.fusion, FUSIONS)
+        _check_choice(f"{prefix}.pairing", self.pairing, ("class", "row"))
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"{prefix}.modalities must name distinct modalities, got {self.modalities}")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError(f"{prefix}.modality_dropout must be in [0, 1), got {self.modality_dropout}")
+
+
+@dataclass
+class MultimodalRunConfig:
+    """An image + audio run (``scripts/train_multimodal.py``)."""
+
+    image: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist"))
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)
+    image_model: EncoderConfig = field(default_factory=EncoderConfig)
+    audio_model: EncoderConfig = field(default_factory=lambda: EncoderConfig(backbone="audio-cnn"))
+    model: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
+    out: str | None = opt("output folder (default runs/mm_<image>_<audio>_<fusion>_<mode>)", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "MultimodalRunConfig":
+        self.multimodal.validate("multimodal")
+        self.train.validate("train")
+        self.model.validate("model")
+        for modality in self.multimodal.modalities:
+            if modality not in ("image", "audio"):
+                raise ConfigError(f"multimodal.modalities: '{modality}' is not image or audio (other modalities: use the Python API)")
+            getattr(self, modality).validate(modality)
+            getattr(self, f"{modality}_model").validate(f"{modality}_model", modality)
+        if self.multimodal.anchor not in self.multimodal.modalities:
+            raise ConfigError(f"multimodal.anchor '{self.multimodal.anchor}' is not one of multimodal.modalities {self.multimodal.modalities}")
+        if self.multimodal.fusion == "concat-bp" and _schedule_modes(self.train.mode) != {"bp"}:
+            raise ConfigError(f"fusion concat-bp is end-to-end bp: set --mode bp (got '{self.train.mode}')")
+        if self.multimodal.fusion == "late" and self.train.memory == "lean":
+            raise ConfigError("train.memory=lean is for joint and single models, not late fusion")
+        return self
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        mm = self.multimodal
+        return Path("runs") / slug(f"mm_{'+'.join(mm.modalities)}_{mm.fusion}_{self.train.mode}")
+
+
+def _schedule_modes(mode: str) -> set[str]:
+    from .modes import ModeSchedule
+
+    return set(ModeSchedule.parse(mode).modes)
 
 
 def slug(text: str) -> str:
@@ -202,53 +341,64 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-TOP_LEVEL = {"out": str | None}
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def sections(schema: type) -> dict[str, type]:
+    """Section name -> dataclass of a run-config schema (``data``, ``model``, ``train``...)."""
+    return {name: tp for name, tp in typing.get_type_hints(schema).items() if _is_section(tp)}
+
+
+def top_level(schema: type) -> dict[str, Any]:
+    return {name: tp for name, tp in typing.get_type_hints(schema).items() if not _is_section(tp)}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def describe_keys() -> str:
+def describe_keys(schema: type = RunConfig) -> str:
     """Every config key with its type, default and help, one per line (for ``--help``)."""
     lines = []
-    for section, cls in [*SECTIONS.items(), ("", RunConfig)]:
+    defaults = schema()
+    for section, cls in [*sections(schema).items(), ("", schema)]:
         hints = _field_types(cls)
+        instance = getattr(defaults, section) if section else defaults
         for f in dataclasses.fields(cls):
             if "help" not in f.metadata:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             key = f"{section}.{f.name}" if section else f.name
-            lines.append(f"  {key:22s} {_describe(hints[f.name])}, default {default!r}: {f.metadata['help']}")
+            lines.append(f"  {key:26s} {_describe(hints[f.name])}, default {getattr(instance, f.name)!r}: {f.metadata['help']}")
     return "\n".join(lines)
 
 
-def valid_keys() -> list[str]:
-    keys = [f"{section}.{name}" for section, cls in SECTIONS.items() for name in _field_types(cls)]
-    return keys + list(TOP_LEVEL)
+def valid_keys(schema: type = RunConfig) -> list[str]:
+    keys = [f"{section}.{name}" for section, cls in sections(schema).items() for name in _field_types(cls)]
+    return keys + list(top_level(schema))
 
 
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1)
+def _unknown_key(key: str, schema: type) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(schema), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     section = key.split(".")[0]
-    if section in SECTIONS:
-        valid = ", ".join(f"{section}.{k}" for k in _field_types(SECTIONS[section]))
+    if section in sections(schema):
+        valid = ", ".join(f"{section}.{k}" for k in _field_types(sections(schema)[section]))
     else:
-        valid = "data.*, model.*, train.*, out, sweep"
+        valid = ", ".join([*(f"{s}.*" for s in sections(schema)), *top_level(schema), "sweep"])
     return ConfigError(f"unknown config key '{key}'{hint}; valid: {valid}")
 
 
-def set_value(config: RunConfig, key: str, value: Any) -> None:
-    """Set the dotted ``key`` (e.g. ``train.lr``) to ``value``, checking its type."""
-    if key in TOP_LEVEL:
-        setattr(config, key, coerce(value, TOP_LEVEL[key], key))
+def set_value(config: Any, key: str, value: Any) -> None:
+    """Set the dotted ``key`` (e.g. ``train.lr``) of a run config to ``value``, checking its type."""
+    schema = type(config)
+    if key in top_level(schema):
+        setattr(config, key, coerce(value, top_level(schema)[key], key))
         return
     section, _, name = key.partition(".")
-    if section not in SECTIONS or name not in _field_types(SECTIONS[section]):
-        raise _unknown_key(key)
-    setattr(getattr(config, section), name, coerce(value, _field_types(SECTIONS[section])[name], key))
+    if section not in sections(schema) or name not in _field_types(sections(schema)[section]):
+        raise _unknown_key(key, schema)
+    setattr(getattr(config, section), name, coerce(value, _field_types(sections(schema)[section])[name], key))
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -263,11 +413,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def flatten_mapping(data: dict[str, Any], source: str) -> dict[str, Any]:
+def flatten_mapping(data: dict[str, Any], source: str, schema: type = RunConfig) -> dict[str, Any]:
     """``{train: {lr: 1}}`` -> ``{"train.lr": 1}``; non-mapping sections are errors."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in SECTIONS:
+        if key in sections(schema):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: section '{key}' must be a mapping of keys to values")
             flat.update({f"{key}.{k}": v for k, v in value.items()})
@@ -340,7 +490,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_runs(config_file: str | Path | None, overrides: list[tuple[str, Any]]) -> list[RunConfig]:
+def build_runs(config_file: str | Path | None, overrides: list[tuple[str, Any]], schema: type = RunConfig) -> list[Any]:
     """The run configs of a command: defaults <- file <- sweep variant <- command-line overrides.
 
     With a sweep, every run gets ``out`` = ``<out>/<variant slug>``.
@@ -351,13 +501,13 @@ def build_runs(config_file: str | Path | None, overrides: list[tuple[str, Any]])
     if config_file is not None:
         data = load_yaml(config_file)
         sweep = Sweep.from_yaml(data.pop("sweep", None), source)
-        base = flatten_mapping(data, source)
+        base = flatten_mapping(data, source, schema)
     for key, value in overrides:
         sweep.fix(key, value)
     default_out = Path("runs") / Path(config_file).stem if config_file else None
     runs = []
     for variant in sweep.runs():
-        config = RunConfig()
+        config = schema()
         for key, value in itertools.chain(base.items(), variant.items(), overrides):
             set_value(config, key, value)
         if sweep.axes:

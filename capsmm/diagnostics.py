@@ -138,7 +138,7 @@ def activation_patterns(model: CAPModel, inputs: Tensor | dict[str, Tensor], pat
     for name, x in model.as_inputs(inputs).items():
         encoder = model.encoders[name]
         activations = encoder.forward_blocks(x, detach=True)
-        for activation in activations:
+        for activation in map(encoder.to_channels_first, activations):
             patterns.append(CAPReadout(activation.shape[1:], pattern_width, norm="none").pool(activation))
     return patterns
 

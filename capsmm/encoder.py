@@ -44,15 +44,27 @@ class CAPEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_blocks(x, detach=False)[-1]
 
+    def to_channels_first(self, activation: Tensor) -> Tensor:
+        """A block's activation as (B, C, *spatial) for its readout.
+
+        Identity for conv and MLP blocks; token encoders, whose blocks pass (B, T, D) on, return
+        (B, D, T) here so that the readout pools over tokens per feature.
+        """
+        return activation
+
+    def probe_input(self, in_shape: Sequence[int], device: torch.device) -> Tensor:
+        """A batch of two dummy inputs, for the dry run of :meth:`block_shapes`."""
+        return torch.zeros(2, *in_shape, device=device)
+
     @torch.no_grad()
     def block_shapes(self, in_shape: Sequence[int]) -> list[tuple[int, ...]]:
-        """Per-sample output shape of every block (like timm's ``feature_info``), by a dry run."""
+        """Per-sample shape that every block's readout receives (like timm's ``feature_info``), by a dry run."""
         was_training = self.training
         self.eval()
         try:
             device = next((p.device for p in self.parameters()), torch.device("cpu"))
-            probe = torch.zeros(2, *in_shape, device=device)
-            return [tuple(a.shape[1:]) for a in self.forward_blocks(probe, detach=True)]
+            probe = self.probe_input(in_shape, device)
+            return [tuple(self.to_channels_first(a).shape[1:]) for a in self.forward_blocks(probe, detach=True)]
         finally:
             self.train(was_training)
 
@@ -60,16 +72,40 @@ class CAPEncoder(nn.Module):
 EncoderBuilder = Callable[..., CAPEncoder]
 
 #: backbone name -> keyword-only builder ``(*, in_shape, **options) -> CAPEncoder``
-ENCODERS: Registry[EncoderBuilder] = Registry("backbone", builtin_modules=("modalities.image",))
+ENCODERS: Registry[EncoderBuilder] = Registry("backbone", builtin_modules=("modalities.image", "modalities.audio", "modalities.hf.encoder"))
+
+
+def register_encoder(name: str, modality: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator registering a keyword-only encoder builder for ``modality`` under ``name``.
+
+    ``@register_encoder("tiny-cnn", modality="image")`` on ``def build(*, in_shape, width_mult=1.0,
+    dropout=0.2) -> CAPEncoder``; the builder's keyword options become config keys' values.
+    """
+
+    def add(builder: EncoderBuilder) -> EncoderBuilder:
+        builder.modality = modality  # type: ignore[attr-defined]
+        return ENCODERS.register(name)(builder)
+
+    return add
+
+
+def encoder_modality(name: str) -> str:
+    """The modality a registered encoder reads (``image`` unless its registration says otherwise)."""
+    return getattr(ENCODERS.get(name), "modality", "image")
+
+
+def encoder_options(name: str) -> list[str]:
+    """The keyword options the builder of encoder ``name`` takes (besides ``in_shape``)."""
+    return [
+        p.name for p in inspect.signature(ENCODERS.get(name)).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "in_shape"
+    ]
 
 
 def build_encoder(name: str, *, in_shape: Sequence[int], **options: object) -> CAPEncoder:
     """Build a registered encoder; an option the builder does not take is a :class:`ConfigError`."""
     builder = ENCODERS.get(name)
-    accepted = [
-        p.name for p in inspect.signature(builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "in_shape"
-    ]
+    accepted = encoder_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(

@@ -57,8 +57,12 @@ def batchnorm_stats_frozen(*modules: nn.Module) -> Iterator[None]:
 class _KeptBlock:
     block: nn.Module
     readout: nn.Module
+    encoder: nn.Module
     input: Tensor
     rng: Tensor
+
+    def pattern(self) -> Tensor:
+        return self.readout(self.encoder.to_channels_first(self.block(self.input)))
 
 
 @dataclass
@@ -79,12 +83,12 @@ def lean_forward(model: CAPModel, inputs: Tensor | Mapping[str, Tensor]) -> tupl
     with torch.no_grad():
         for name, x in model.as_inputs(inputs).items():
             state.device = x.device
-            readouts = model.block_readouts(name)
-            for index, block in enumerate(model.encoders[name].blocks):
-                rng = _rng_state(x.device)
+            readouts, encoder = model.block_readouts(name), model.encoders[name]
+            for index, block in enumerate(encoder.blocks):
+                kept = _KeptBlock(block, readouts[index], encoder, x, _rng_state(x.device))
                 activation = block(x)
-                state.kept.append(_KeptBlock(block, readouts[index], x, rng))
-                state.leaves.append(readouts[index](activation).requires_grad_())
+                state.kept.append(kept)
+                state.leaves.append(readouts[index](encoder.to_channels_first(activation)).requires_grad_())
                 x = activation
             slices.extend(model.slices[name])
     return model.score(state.leaves, slices), state
@@ -99,7 +103,7 @@ def lean_backward(loss: Tensor, state: LeanState) -> None:
             kept, leaf = state.kept.pop(0), state.leaves.pop(0)
             _set_rng_state(state.device, kept.rng)
             with batchnorm_stats_frozen(kept.block, kept.readout):  # restored after the backward that reads them
-                pattern = kept.readout(kept.block(kept.input))
+                pattern = kept.pattern()
                 pattern.backward(leaf.grad)
             del kept, leaf, pattern
     finally:

@@ -63,20 +63,74 @@ class CAPModel(nn.Module):
         self._mode = check_mode(mode)
         self.encoders = nn.ModuleDict({name: encoders[name] for name in sorted(encoders)})
         self.in_shapes = {name: tuple(in_shapes[name]) for name in self.encoders}
+        self.pattern_width, self.readout_norm = pattern_width, readout_norm
         self.readouts = nn.ModuleDict()
         #: modality -> indices of the blocks that have a readout
         self.read_blocks: dict[str, tuple[int, ...]] = {}
         #: modality -> indices of its slices in the prototype head
         self.slices: dict[str, tuple[int, ...]] = {}
-        slice_dims: list[int] = []
-        for name, encoder in self.encoders.items():
-            shapes = encoder.block_shapes(self.in_shapes[name])
-            read = tuple(range(len(shapes))) if reads_all_blocks(mode) else (len(shapes) - 1,)
-            self.read_blocks[name] = read
-            self.readouts[name] = nn.ModuleList(CAPReadout(shapes[i], pattern_width, readout_norm) for i in read)
-            self.slices[name] = tuple(range(len(slice_dims), len(slice_dims) + len(read)))
-            slice_dims.extend(pattern_width for _ in read)
-        self.head = PrototypeHead(num_classes, slice_dims, head, temperature)
+        #: modalities whose parameters and statistics are frozen (see :meth:`freeze`)
+        self.frozen: set[str] = set()
+        slice_dims = [self._add_readouts(name) for name in self.encoders]
+        self.head = PrototypeHead(num_classes, [d for dims in slice_dims for d in dims], head, temperature)
+        offset = 0
+        for name, dims in zip(self.encoders, slice_dims):
+            self.slices[name] = tuple(range(offset, offset + len(dims)))
+            offset += len(dims)
+
+    def _add_readouts(self, name: str) -> list[int]:
+        """Build the readouts of encoder ``name``; returns the widths of its pattern slices."""
+        shapes = self.encoders[name].block_shapes(self.in_shapes[name])
+        read = tuple(range(len(shapes))) if reads_all_blocks(self._mode) else (len(shapes) - 1,)
+        self.read_blocks[name] = read
+        self.readouts[name] = nn.ModuleList(CAPReadout(shapes[i], self.pattern_width, self.readout_norm) for i in read)
+        return [self.pattern_width] * len(read)
+
+    def add_modality(self, name: str, encoder: CAPEncoder, in_shape: Sequence[int]) -> None:
+        """Append an encoder, its readouts and its prototype slice to a (trained) model.
+
+        Together with :meth:`freeze` this adds a modality without touching what exists: the old
+        modalities' scores read only their own slices, so their predictions stay bit-identical.
+        """
+        if name in self.encoders:
+            raise ConfigError(f"the model already has a '{name}' encoder")
+        device = next(self.parameters()).device
+        self.encoders[name] = encoder.to(device)
+        self.in_shapes[name] = tuple(in_shape)
+        dims = self._add_readouts(name)
+        self.readouts[name].to(device)
+        self.slices[name] = tuple(self.head.add_slices(dims))
+        self.head.chunks[-1].data = self.head.chunks[-1].data.to(device)
+
+    def freeze(self, modalities: Sequence[str] | None = None) -> None:
+        """Stop training these modalities (default: all present): no gradient, and their batch-norm
+        statistics stay fixed (their modules stay in eval mode), prototypes included."""
+        names = list(self.encoders) if modalities is None else list(modalities)
+        for name in names:
+            for module in (self.encoders[name], self.readouts[name]):
+                module.requires_grad_(False)
+            for index in self.slices[name]:
+                self._chunk_of(index).requires_grad_(False)
+        self.frozen |= set(names)
+        self.train(self.training)
+
+    def _chunk_of(self, slice_index: int) -> nn.Parameter:
+        start = 0
+        for chunk in self.head.chunks:
+            width = chunk.shape[1]
+            if self.head.offsets[slice_index] < start + width:
+                if self.head.offsets[slice_index] + self.head.slice_dims[slice_index] > start + width:
+                    raise ConfigError("a modality's slices must lie in one prototype chunk to be frozen")
+                return chunk
+            start += width
+        raise IndexError(slice_index)
+
+    def train(self, mode: bool = True) -> "CAPModel":
+        super().train(mode)
+        for name in self.frozen:
+            self.encoders[name].eval()
+            self.readouts[name].eval()
+        return self
 
     @property
     def mode(self) -> str:
@@ -129,9 +183,10 @@ class CAPModel(nn.Module):
         patterns: list[Tensor] = []
         slices: list[int] = []
         for name, x in self.as_inputs(inputs).items():
-            activations = self.encoders[name].forward_blocks(x, detach=detach)
+            encoder = self.encoders[name]
+            activations = encoder.forward_blocks(x, detach=detach)
             for readout, block in zip(self.readouts[name], self.read_blocks[name]):
-                patterns.append(readout(activations[block]))
+                patterns.append(readout(encoder.to_channels_first(activations[block])))
             slices.extend(self.slices[name])
         return self.score(patterns, slices)
 

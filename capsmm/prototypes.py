@@ -20,7 +20,12 @@ HEADS: tuple[str, ...] = ("cosine", "template")
 
 
 class PrototypeHead(nn.Module):
-    """Class prototypes ``weight`` (C, D) over D = sum of the blocks' pattern widths."""
+    """Class prototypes ``weight`` (C, D) over D = sum of the blocks' pattern widths.
+
+    The prototypes are stored in ``chunks`` (one per group of slices added together: a modality),
+    so that a trained part can be frozen while a new modality's slice is appended and trained
+    (:meth:`add_slices`).
+    """
 
     def __init__(self, num_classes: int, slice_dims: Sequence[int], kind: str = "cosine", temperature: float = 0.1) -> None:
         super().__init__()
@@ -32,23 +37,40 @@ class PrototypeHead(nn.Module):
             raise ConfigError(f"need at least 2 classes, got {num_classes}")
         self.kind = kind
         self.temperature = float(temperature)
-        self.slice_dims = tuple(int(d) for d in slice_dims)
-        self.offsets = tuple(sum(self.slice_dims[:i]) for i in range(len(self.slice_dims)))
-        total = sum(self.slice_dims)
+        self._num_classes = num_classes
+        self.slice_dims: tuple[int, ...] = ()
+        self.offsets: tuple[int, ...] = ()
+        self.chunks = nn.ParameterList()
+        self.add_slices(slice_dims)
+
+    def add_slices(self, dims: Sequence[int]) -> list[int]:
+        """Append slices of the given widths (a new chunk of prototypes); returns their indices."""
+        dims = [int(d) for d in dims]
+        first = len(self.slice_dims)
+        start = sum(self.slice_dims)
+        self.offsets += tuple(start + sum(dims[:i]) for i in range(len(dims)))
+        self.slice_dims += tuple(dims)
         # std 1/sqrt(D), as nn.Linear: template logits m . T_c then have unit variance for a
         # normalised m (||m||^2 ~ D), and Adam's per-coordinate steps (~lr) turn cosine prototypes
         # at a useful rate (with unit-scale components they would barely rotate: ~lr radians/step).
-        self.weight = nn.Parameter(torch.randn(num_classes, total) / math.sqrt(total))
+        self.chunks.append(nn.Parameter(torch.randn(self._num_classes, sum(dims)) / math.sqrt(sum(dims))))
+        return list(range(first, len(self.slice_dims)))
+
+    @property
+    def weight(self) -> Tensor:
+        """(C, D): all prototypes."""
+        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(list(self.chunks), dim=1)
 
     @property
     def num_classes(self) -> int:
-        return self.weight.shape[0]
+        return self._num_classes
 
     def prototype_slices(self, slices: Sequence[int]) -> Tensor:
         """(C, sum of the chosen slices' widths): the prototypes restricted to some blocks."""
+        weight = self.weight
         if list(slices) == list(range(len(self.slice_dims))):
-            return self.weight
-        return torch.cat([self.weight[:, self.offsets[i]:self.offsets[i] + self.slice_dims[i]] for i in slices], dim=1)
+            return weight
+        return torch.cat([weight[:, self.offsets[i]:self.offsets[i] + self.slice_dims[i]] for i in slices], dim=1)
 
     def forward(self, patterns: Sequence[Tensor], slices: Sequence[int] | None = None) -> Tensor:
         """Class scores (B, C) of the concatenation of ``patterns``, which fill ``slices`` (default: all)."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .data import load_image_dataset
+from .data import BatchLoader, image_split, load_image_dataset
 from .errors import ConfigError
 from .metrics import count_parameters
 from .model import CAPModel, build_model
@@ -30,17 +30,8 @@ def resolve_device(name: str) -> torch.device:
 
 def model_from_config(config: RunConfig, num_classes: int, in_shape: tuple[int, ...]) -> CAPModel:
     m = config.model
-    return build_model(
-        m.backbone,
-        num_classes=num_classes,
-        in_shape=in_shape,
-        mode=ModeSchedule.parse(config.train.mode).first,
-        pattern_width=m.pattern_width,
-        readout_norm=m.readout_norm,
-        head=m.head,
-        temperature=m.temperature,
-        **m.encoder_options(),
-    )
+    return build_model(m.backbone, num_classes=num_classes, in_shape=in_shape, mode=ModeSchedule.parse(config.train.mode).first,
+                       **m.head_options(), **m.encoder_options())
 
 
 def describe_parameters(model: CAPModel) -> str:
@@ -68,4 +59,15 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
         f"{config.model.backbone} x{config.model.width_mult:g} | mode {config.train.mode} | "
         f"{describe_parameters(model)} | {device} | -> {out_dir}"
     )
-    return Trainer(model, data, config, device, out_dir, log=log).fit(resume=resume)
+    mean, std = data.channel_stats()
+    train = config.train
+    train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
+                               device=device, shuffle=True, seed=train.seed)
+    test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device)
+    diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
+    trainer = Trainer(
+        model, train_loader, test_loader, train, device, out_dir,
+        run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
+        diagnostics_batch=next(iter(diagnostics)), log=log,
+    )
+    return trainer.fit(resume=resume)

@@ -42,8 +42,11 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     raise ConfigError(f"unknown train.amp '{amp}'; valid: {', '.join(AMP_DTYPES)}")
 
 
-def prepare_inputs(images: Tensor, channels_last: bool) -> Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
+def prepare_inputs(inputs: Tensor | dict[str, Tensor], channels_last: bool) -> Tensor | dict[str, Tensor]:
+    """Image batches in channels-last layout when asked (other inputs, and dicts of them, pass through)."""
+    if isinstance(inputs, dict):
+        return {name: prepare_inputs(x, channels_last) for name, x in inputs.items()}
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last and inputs.ndim == 4 else inputs
 
 
 def train_step(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import RunConfig
-from .data import BatchLoader, ImageDataset
+from .config import TrainConfig
+from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
@@ -30,8 +30,6 @@ CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 
-#: config keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.progress", "train.eval_batch_size", "data.root", "out"}
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -44,44 +42,70 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+Batch = tuple[Any, torch.Tensor]
+Evaluator = Callable[[CAPModel], dict[str, Any]]
+"""A function of the model giving extra per-epoch figures, merged into the epoch's metrics."""
+
+#: config keys (dotted, any section) that may differ between a run and its resumption
+RESUMABLE_SUFFIXES = (".epochs", ".device", ".progress", ".eval_batch_size", ".root")
+
+
 class Trainer:
-    """Trains ``model`` on ``data`` as ``config.train`` says, writing into ``out_dir``."""
+    """Trains ``model`` as ``train`` says on the batches of ``train_loader``, writing into ``out_dir``.
+
+    Args:
+        model: the model; only parameters with ``requires_grad`` are optimised.
+        train_loader, test_loader: :class:`~capsmm.data.BatchLoader` s (tensor or dict batches).
+        train: the ``train`` section of the run config.
+        device, out_dir, log: where to run, to write, and print.
+        run_config: the whole resolved config (saved in checkpoints and results; a resumed run must match it).
+        summary: fields that head ``results.json`` (dataset, backbone, mode...).
+        evaluators: functions of the model giving extra per-epoch figures (e.g. per-modality error), as dicts.
+        diagnostics_batch: the fixed batch that ``train.diagnostics_every`` reads.
+    """
 
     def __init__(
         self,
         model: CAPModel,
-        data: ImageDataset,
-        config: RunConfig,
+        train_loader: BatchLoader,
+        test_loader: BatchLoader,
+        train: TrainConfig,
         device: torch.device,
         out_dir: Path,
+        *,
+        run_config: dict[str, Any],
+        summary: dict[str, Any],
+        evaluators: Sequence[Evaluator] = (),
+        diagnostics_batch: Batch | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.model = model.to(device)
-        self.data = data
-        self.config = config
+        self.train_config = train
+        self.run_config = run_config
+        self.summary = summary
+        self.evaluators = list(evaluators)
+        self.evaluated_keys: set[str] = set()
         self.device = device
         self.out_dir = Path(out_dir)
         self.log = log
-        train = config.train
         self.schedule = ModeSchedule.parse(train.mode)
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward_model = torch.compile(self.model) if train.compile else self.model
         self.lean = train.memory == "lean"
         self.autocast = autocast_context(device, train.amp)
-        self.optimizer = make_adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_adam(trainable, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
         self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
-        mean, std = data.channel_stats()
-        self.train_loader = BatchLoader(
-            data.train, train.batch_size, mean=mean, std=std, device=device,
-            shuffle=True, augment=config.data.augment, seed=train.seed,
-        )
-        self.test_loader = BatchLoader(data.test, train.eval_batch_size, mean=mean, std=std, device=device)
-        self.diagnostics_batch = next(iter(BatchLoader(data.test.head(train.diagnostics_samples), train.diagnostics_samples,
-                                                       mean=mean, std=std, device=device)))
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.diagnostics_batch = diagnostics_batch
         self.timer = PhaseTimer(device)
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
+
+    def inputs(self, batch_inputs: Any) -> Any:
+        return prepare_inputs(batch_inputs, self.train_config.channels_last)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -92,7 +116,7 @@ class Trainer:
     def _save(self, epoch: int) -> None:
         save_checkpoint(self.checkpoint_path, {
             "epoch": epoch,
-            "config": self.config.to_dict(),
+            "config": self.run_config,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
@@ -104,8 +128,9 @@ class Trainer:
     def _restore(self) -> int:
         """Load the checkpoint in ``out_dir``; returns the number of epochs already done."""
         state = load_checkpoint(self.checkpoint_path)
-        saved, current = _flat(state["config"]), _flat(self.config.to_dict())
-        changed = sorted(k for k in saved.keys() | current.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+        saved, current = _flat(state["config"]), _flat(self.run_config)
+        changed = sorted(k for k in saved.keys() | current.keys()
+                         if k != "out" and not k.endswith(RESUMABLE_SUFFIXES) and saved.get(k) != current.get(k))
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
@@ -134,12 +159,12 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25
         bar = tqdm(
             self.train_loader.epoch(epoch), total=len(self.train_loader), leave=False,
-            desc=f"epoch {epoch + 1}/{self.config.train.epochs} {mode}",
-            disable=None if self.config.train.progress else True,  # None: off when stderr is not a terminal
+            desc=f"epoch {epoch + 1}/{self.train_config.epochs} {mode}",
+            disable=None if self.train_config.progress else True,  # None: off when stderr is not a terminal
         )
         for step, (images, labels) in enumerate(bar):
             output, loss = train_step(
-                self.forward_model, self.optimizer, prepare_inputs(images, self.config.train.channels_last), labels,
+                self.forward_model, self.optimizer, self.inputs(images), labels,
                 lean=self.lean, timer=self.timer, autocast=self.autocast,
             )
             loss_sum += loss.detach() * len(labels)
@@ -163,14 +188,14 @@ class Trainer:
         wrong, seen = 0, 0
         for images, labels in self.test_loader:
             with self.autocast:
-                logits = self.forward_model(prepare_inputs(images, self.config.train.channels_last)).logits
+                logits = self.forward_model(self.inputs(images)).logits
             wrong += int((logits.argmax(1) != labels).sum())
             seen += len(labels)
         return wrong / seen
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
-        epochs = self.config.train.epochs
+        epochs = self.train_config.epochs
         start = 0
         if self.checkpoint_path.exists():
             if not resume:
@@ -188,11 +213,15 @@ class Trainer:
             record.update(self._train_epoch(epoch, mode))
             record["test_error"] = self.evaluate()
             record.update(self.timer.collect())
-            every = self.config.train.diagnostics_every
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            for evaluator in self.evaluators:
+                figures = evaluator(self.model)
+                self.evaluated_keys |= set(figures)
+                record.update(figures)
+            every = self.train_config.diagnostics_every
+            if every and self.diagnostics_batch is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
                 began_diagnostics = time.perf_counter()
-                images, labels = self.diagnostics_batch
-                record["diagnostics"] = model_diagnostics(self.model, prepare_inputs(images, self.config.train.channels_last), labels)
+                inputs, labels = self.diagnostics_batch
+                record["diagnostics"] = model_diagnostics(self.model, self.inputs(inputs), labels)
                 record["diagnostics_seconds"] = time.perf_counter() - began_diagnostics
             self.lr_schedule.step()
             record["epoch_seconds"] = time.perf_counter() - began
@@ -221,14 +250,14 @@ class Trainer:
 
         counts = count_parameters(self.model)
         return {
-            "dataset": self.config.data.name,
-            "backbone": self.config.model.backbone,
-            "mode": self.config.train.mode,
+            **self.summary,
+            "mode": self.train_config.mode,
             "params": counts["total"],
             "params_by_part": counts,
             "test_error": last["test_error"],
             "train_error": last["train_error"],
             "best_test_error": min(r["test_error"] for r in self.history),
+            **{key: last[key] for key in sorted(self.evaluated_keys) if key in last},
             "peak_memory_mib": memory,
             "peak_memory_method": memory_method,
             "forward_ms": median_of("forward_ms"),
@@ -238,5 +267,5 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "device": str(self.device),
             "torch": torch.__version__,
-            "config": self.config.to_dict(),
+            "config": self.run_config,
         }

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from capsmm.cli import OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.cli import VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.config import RunConfig
 from capsmm.reporting import results_table
 from capsmm.run import train
 
@@ -22,10 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="train_vision.py",
         description=__doc__,
-        epilog=config_epilog(),
+        epilog=config_epilog(RunConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, VISION_FLAGS)
     return parser
 
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv or ["--config", str(QUICKSTART)])
-    runs = runs_from_args(args)
+    runs = runs_from_args(args, VISION_FLAGS, RunConfig)
     results = [train(run, resume=args.resume) for run in runs]
     if len(results) > 1:
         print(results_table(results))

@@ -34,3 +34,14 @@ def data_root() -> Path:
     if not (raw / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"Fashion-MNIST not found in {raw} (CAPSMM_DATA={root})")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def fsdd_root() -> Path:
+    """``$CAPSMM_DATA`` holding FSDD recordings, or skip the test."""
+    root = os.environ.get("CAPSMM_DATA")
+    if not root:
+        pytest.skip("CAPSMM_DATA is not set: real-data tests need it (e.g. CAPSMM_DATA=../shared/data)")
+    if not any((Path(root) / "fsdd" / "recordings").glob("*.wav")):
+        pytest.skip(f"FSDD recordings not found in {Path(root) / 'fsdd' / 'recordings'}")
+    return Path(root)

@@ -26,8 +26,9 @@ def assert_one_line_error(err, *fragments):
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, imagefolder, kmnist, mnist"]),
+    (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, hf-disk, imagefolder, kmnist, mnist"]),
     (["--backbone", "resnet50"], ["unknown backbone 'resnet50'", "mlp", "vgg19"]),
+    (["--backbone", "audio-cnn"], ["model.backbone 'audio-cnn' encodes audio, not image"]),
     (["--mode", "sgd"], ["unknown mode 'sgd'", "valid: bp, caps, caps-full, local"]),
     (["--set", "train.lrr=0.1"], ["unknown config key 'train.lrr'", "did you mean 'train.lr'"]),
     (["--set", "train.epochs=many"], ["train.epochs: expected an integer, got 'many'"]),

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from capsmm.config import DataConfig
-from capsmm.data import BatchLoader, ImageSet, load_image_dataset, random_crop_flip, resolve_data_root
+from capsmm.data import BatchLoader, ImageSet, ModalSplit, image_split, load_image_dataset, random_crop_flip, resolve_data_root, same_class_partners
 from capsmm.errors import DataError
 
 
@@ -158,9 +158,9 @@ def small_set(n=50):
 
 
 def test_batch_order_depends_only_on_seed_and_epoch_and_covers_every_sample():
-    loader = BatchLoader(small_set(), 8, mean=[0.0], std=[1 / 255], shuffle=True, seed=3)
+    loader = BatchLoader(image_split(small_set(), [0.0], [1 / 255]), 8, shuffle=True, seed=3)
     first = torch.cat([x[:, 0, 0, 0] for x, _ in loader.epoch(1)])
-    again = torch.cat([x[:, 0, 0, 0] for x, _ in BatchLoader(small_set(), 8, mean=[0.0], std=[1 / 255], shuffle=True, seed=3).epoch(1)])
+    again = torch.cat([x[:, 0, 0, 0] for x, _ in BatchLoader(image_split(small_set(), [0.0], [1 / 255]), 8, shuffle=True, seed=3).epoch(1)])
     other = torch.cat([x[:, 0, 0, 0] for x, _ in loader.epoch(2)])
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert sorted(first.round().long().tolist()) == list(range(50))
@@ -168,7 +168,7 @@ def test_batch_order_depends_only_on_seed_and_epoch_and_covers_every_sample():
 
 
 def test_normalisation_uses_mean_and_std():
-    loader = BatchLoader(small_set(4), 4, mean=[0.5], std=[0.25])
+    loader = BatchLoader(image_split(small_set(4), [0.5], [0.25]), 4)
     x, _ = next(iter(loader))
     torch.testing.assert_close(x[:, 0, 0, 0], (torch.arange(4) / 255 - 0.5) / 0.25)
 
@@ -188,3 +188,23 @@ def test_crop_shifts_content_by_at_most_the_padding():
         out = random_crop_flip(image, torch.Generator().manual_seed(seed))
         ys, xs = torch.nonzero(out[0, 0], as_tuple=True)
         assert len(ys) == 1 and abs(int(ys[0]) - 8) <= 2 and (abs(int(xs[0]) - 8) <= 2 or abs(int(xs[0]) - 7) <= 2)
+
+
+def test_pairing_matches_classes_and_is_redrawn_per_epoch_only_when_asked():
+    audio = ModalSplit(torch.arange(30).float()[:, None], torch.arange(30) % 3)
+    images = ModalSplit(torch.arange(300).float()[:, None] * 10, torch.arange(300) % 3)
+    train = BatchLoader({"audio": audio, "image": images}, 8, shuffle=True, seed=0, anchor="audio", repair=True)
+    test = BatchLoader({"audio": audio, "image": images}, 8, anchor="audio")
+    seen = {}
+    for epoch in (0, 1):
+        for loader, name in ((train, "train"), (test, "test")):
+            pairs = [(int(a), int(i)) for batch, labels in loader.epoch(epoch) for a, i in zip(batch["audio"][:, 0], batch["image"][:, 0])]
+            assert sorted(a for a, _ in pairs) == list(range(30))  # every anchor sample once per epoch
+            assert all(a % 3 == (i // 10) % 3 for a, i in pairs)  # partners share the class
+            seen[name, epoch] = dict(pairs)
+    assert seen["test", 0] == seen["test", 1] and seen["train", 0] != seen["train", 1]
+
+
+def test_pairing_needs_every_class_in_both():
+    with pytest.raises(DataError, match="class 2 has samples in one modality but none in the other"):
+        same_class_partners(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]), torch.Generator())

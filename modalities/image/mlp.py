@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from capsmm.encoder import ENCODERS, CAPEncoder
+from capsmm.encoder import CAPEncoder, register_encoder
 from capsmm.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ class MLPEncoder(CAPEncoder):
         super().__init__(blocks)
 
 
-@ENCODERS.register("mlp")
+@register_encoder("mlp", modality="image")
 def mlp(*, in_shape: Sequence[int], width_mult: float = 1.0, dropout: float = 0.2, depth: int = 3, hidden: int = 3000) -> MLPEncoder:
     """MLP with ``depth`` blocks of ``round(hidden * width_mult)`` units (default 3x3000)."""
     if depth < 1 or hidden < 1 or width_mult <= 0:

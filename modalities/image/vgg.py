@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from capsmm.encoder import ENCODERS, CAPEncoder
+from capsmm.encoder import CAPEncoder, register_encoder
 from capsmm.errors import ConfigError
 
 M = "M"
@@ -55,7 +55,7 @@ class VGGEncoder(CAPEncoder):
 
 
 def _register(name: str) -> None:
-    @ENCODERS.register(name)
+    @register_encoder(name, modality="image")
     def build(*, in_shape: Sequence[int], width_mult: float = 1.0, dropout: float = 0.2) -> VGGEncoder:
         if len(in_shape) != 3:
             raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {tuple(in_shape)}")

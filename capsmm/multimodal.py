@@ -1,0 +1,220 @@
+"""Multimodal CAP models: independent encoders, one shared prototype space, and the baselines.
+
+- ``joint``: one :class:`~capsmm.model.CAPModel` over every modality; each modality owns its slice
+  of every prototype; a missing modality drops its slice.
+- ``late``: :class:`LateFusion` of independent single-modality models (mean class probability).
+- ``concat-bp``: joint end-to-end bp, the last blocks' vectors concatenated and scored by a linear
+  (template) head.
+
+Plus per-modality evaluation, cross-modal retrieval and adding a modality to a trained model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import atomic_write_json, load_checkpoint
+from .data import BatchLoader, ModalSplit
+from .encoder import build_encoder
+from .errors import CheckpointError, ConfigError
+from .model import CAPModel, CAPOutput
+from .modes import ModeSchedule
+from .retrieval import class_profile, retrieval_metrics
+from .trainer import CHECKPOINT, RESULTS, Trainer
+
+
+@dataclass
+class EncoderSpec:
+    """What to build for one modality: a registered backbone, its options and the input shape."""
+
+    backbone: str
+    in_shape: tuple[int, ...]
+    options: dict[str, Any]
+
+    def build(self) -> nn.Module:
+        return build_encoder(self.backbone, in_shape=self.in_shape, **self.options)
+
+
+class LateFusion(nn.Module):
+    """Independent single-modality CAP models; the prediction averages their class probabilities.
+
+    Training sums the models' own losses (``block_logits``), which trains each one alone: they
+    share no parameter and Adam's update is per parameter.
+    """
+
+    def __init__(self, models: Mapping[str, CAPModel]) -> None:
+        super().__init__()
+        self.models = nn.ModuleDict({name: models[name] for name in sorted(models)})
+
+    @property
+    def mode(self) -> str:
+        return next(iter(self.models.values())).mode
+
+    def set_mode(self, mode: str) -> None:
+        for model in self.models.values():
+            model.set_mode(mode)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: model.encoders[name] for name, model in self.models.items()})
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> CAPOutput:
+        outputs = [self.models[name]({name: x}) for name, x in inputs.items()]
+        probabilities = torch.stack([out.logits.softmax(dim=1) for out in outputs]).mean(0)
+        losses = [logits for out in outputs for logits in (out.block_logits or [out.logits])]
+        return CAPOutput(probabilities.clamp_min(1e-12).log(), [p for out in outputs for p in out.patterns], losses)
+
+
+def build_fusion_model(fusion: str, specs: Mapping[str, EncoderSpec], *, num_classes: int, mode: str,
+                       head_options: dict[str, Any]) -> nn.Module:
+    """The model of a fusion strategy over the modalities of ``specs`` (see the module docstring)."""
+    first_mode = ModeSchedule.parse(mode).first
+
+    def joint(names: Sequence[str], **overrides: Any) -> CAPModel:
+        options = head_options | overrides
+        return CAPModel({n: specs[n].build() for n in names}, {n: specs[n].in_shape for n in names},
+                        num_classes=num_classes, mode=overrides.get("mode", first_mode), **{k: v for k, v in options.items() if k != "mode"})
+
+    if fusion == "joint":
+        return joint(list(specs))
+    if fusion == "late":
+        return LateFusion({name: joint([name]) for name in specs})
+    if fusion == "concat-bp":
+        return joint(list(specs), mode="bp", head="template")
+    raise ConfigError(f"unknown fusion '{fusion}'; valid: joint, late, concat-bp")
+
+
+def modality_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, singletons first: ('audio',), ('image',), ('audio', 'image')."""
+    return [combo for size in range(1, len(modalities) + 1) for combo in itertools.combinations(sorted(modalities), size)]
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: BatchLoader, subsets: Sequence[tuple[str, ...]]) -> tuple[dict[tuple[str, ...], Tensor], Tensor]:
+    """Logits of every modality subset over a (paired) test loader, and the labels."""
+    was_training = model.training
+    model.eval()
+    logits: dict[tuple[str, ...], list[Tensor]] = {subset: [] for subset in subsets}
+    labels = []
+    for inputs, y in loader:
+        for subset in subsets:
+            logits[subset].append(model({name: inputs[name] for name in subset}).logits.float())
+        labels.append(y)
+    model.train(was_training)
+    return {subset: torch.cat(parts) for subset, parts in logits.items()}, torch.cat(labels)
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    return "+".join(subset)
+
+
+def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Sequence[str]) -> dict[str, Any]:
+    """One pass over the test pairs: the error of every non-empty modality subset
+    (``test_error_by_modality``: 'image', 'audio', 'audio+image', the missing-modality cases) and,
+    with two or more modalities, cross-modal ``retrieval``: for every ordered pair ``a->b``, each
+    test item of modality a queries the items of modality b through their class-probability
+    profiles (recall@1, mAP)."""
+    logits, labels = collect_logits(model, loader, modality_subsets(modalities))
+    result: dict[str, Any] = {"test_error_by_modality": {
+        subset_name(subset): (values.argmax(1) != labels).float().mean().item() for subset, values in logits.items()}}
+    if len(modalities) > 1:
+        profiles = {m: class_profile(logits[(m,)]) for m in modalities}
+        result["retrieval"] = {f"{a}->{b}": retrieval_metrics(profiles[a], labels, profiles[b], labels)
+                               for a, b in itertools.permutations(sorted(modalities), 2)}
+    return result
+
+
+class ModalityDropout:
+    """A training loader wrapper: with probability ``p`` a batch keeps one random modality only.
+
+    Joint training otherwise lets the easier modality carry the class decision, so the other's
+    slice is trained less for use on its own; showing single modalities now and then trains each
+    slice for the missing-modality case too. Deterministic in (seed, epoch).
+    """
+
+    def __init__(self, loader: BatchLoader, p: float, seed: int) -> None:
+        self.loader, self.p, self.seed = loader, p, seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int = 0):
+        generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+        for inputs, labels in self.loader.epoch(epoch):
+            if torch.rand((), generator=generator).item() < self.p:
+                names = sorted(inputs)
+                keep = names[int(torch.randint(len(names), (), generator=generator))]
+                inputs = {keep: inputs[keep]}
+            yield inputs, labels
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+def multimodal_loaders(train: Mapping[str, ModalSplit], test: Mapping[str, ModalSplit], *, batch_size: int, eval_batch_size: int,
+                       device: torch.device, seed: int, anchor: str, pairing: str = "class",
+                       modality_dropout: float = 0.0) -> tuple[Any, BatchLoader]:
+    """Paired training (re-paired every epoch) and test (fixed pairs) loaders."""
+    row = pairing == "row"
+    train_loader: Any = BatchLoader(train, batch_size, device=device, shuffle=True, seed=seed, anchor=anchor, repair=not row, row_pairing=row)
+    test_loader = BatchLoader(test, eval_batch_size, device=device, seed=seed, anchor=anchor, row_pairing=row)
+    if modality_dropout > 0:
+        train_loader = ModalityDropout(train_loader, modality_dropout, seed)
+    return train_loader, test_loader
+
+
+def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapping[str, ModalSplit], train_config: Any,
+                   out_dir: Path, *, run_config: dict[str, Any], summary: dict[str, Any], anchor: str, pairing: str = "class",
+                   modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False,
+                   extra_results: Callable[[nn.Module], dict[str, Any]] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train a multimodal model on paired splits and record per-modality errors and retrieval.
+
+    ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
+    Each epoch's metrics gain ``test_error_by_modality`` and ``retrieval``; so do the results.
+    """
+    device = device or torch.device("cpu")
+    modalities = sorted(test)
+    train_loader, test_loader = multimodal_loaders(
+        train, test, batch_size=train_config.batch_size, eval_batch_size=train_config.eval_batch_size, device=device,
+        seed=train_config.seed, anchor=anchor, pairing=pairing, modality_dropout=modality_dropout)
+    evaluators = [lambda m: evaluate_modalities(m, test_loader, modalities)]
+    diagnostics = None
+    if isinstance(model, CAPModel):
+        diagnostic_loader = BatchLoader({n: _head(s, train_config.diagnostics_samples) for n, s in test.items()},
+                                        train_config.diagnostics_samples, device=device, seed=train_config.seed,
+                                        anchor=anchor, row_pairing=pairing == "row")
+        diagnostics = next(iter(diagnostic_loader))
+    trainer = Trainer(model, train_loader, test_loader, train_config, device, out_dir, run_config=run_config, summary=summary,
+                      evaluators=evaluators, diagnostics_batch=diagnostics, log=log)
+    results = trainer.fit(resume=resume)
+    if extra_results is not None:
+        results.update(extra_results(trainer.model))
+        atomic_write_json(Path(out_dir) / RESULTS, results)
+    return results
+
+
+def _head(split: ModalSplit, n: int) -> ModalSplit:
+    return ModalSplit(split.inputs[:n], split.labels[:n], split.prepare)
+
+
+def load_trained_model(run_dir: Path, build: Callable[[dict[str, Any]], CAPModel]) -> tuple[CAPModel, dict[str, Any]]:
+    """A finished run's model (built by ``build`` from the run's saved config) with its trained weights."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}; extend_from needs the folder of a finished run")
+    state = load_checkpoint(path)
+    model = build(state["config"])
+    model.load_state_dict(state["model"])
+    return model, state["config"]

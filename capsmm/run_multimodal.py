@@ -1,0 +1,137 @@
+"""One image + audio run from a :class:`~capsmm.config.MultimodalRunConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import MultimodalRunConfig
+from .data import ModalSplit, image_split, load_image_dataset
+from .encoder import encoder_options
+from .errors import CheckpointError, DataError
+from .model import CAPModel
+from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
+from .run import describe_parameters, resolve_device
+
+
+def load_modalities(config: MultimodalRunConfig) -> dict[str, tuple[ModalSplit, ModalSplit, tuple[int, ...], list[str]]]:
+    """modality -> (train split, test split, input shape, class names) for the modalities of the run."""
+    parts = {}
+    if "image" in config.multimodal.modalities:
+        images = load_image_dataset(config.image)
+        mean, std = images.channel_stats()
+        parts["image"] = (image_split(images.train, mean, std, config.image.augment), image_split(images.test, mean, std),
+                          images.in_shape, images.classes)
+    if "audio" in config.multimodal.modalities:
+        from modalities.audio import load_audio_dataset
+
+        audio = load_audio_dataset(config.audio)
+        parts["audio"] = (ModalSplit(audio.train.waves, audio.train.labels), ModalSplit(audio.test.waves, audio.test.labels),
+                          audio.in_shape, audio.classes)
+    counts = {name: len(part[3]) for name, part in parts.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"pairing by class needs the same number of classes in every modality; got "
+                        f"{', '.join(f'{n} {c}' for n, c in counts.items())}")
+    return parts
+
+
+def encoder_specs(config: MultimodalRunConfig, in_shapes: dict[str, tuple[int, ...]], modalities: list[str]) -> dict[str, EncoderSpec]:
+    specs = {}
+    for name in modalities:
+        section = getattr(config, f"{name}_model")
+        options = section.encoder_options()
+        if name == "audio" and "sample_rate" in encoder_options(section.backbone):
+            options["sample_rate"] = config.audio.sample_rate
+        specs[name] = EncoderSpec(section.backbone, in_shapes[name], options)
+    return specs
+
+
+def extend_trained_model(config: MultimodalRunConfig, specs: dict[str, EncoderSpec], num_classes: int) -> tuple[CAPModel, list[str]]:
+    """Load the joint model of ``multimodal.extend_from``, freeze it, and append the modalities it lacks.
+
+    The encoders and head of the trained modalities are rebuilt from that run's own config.
+    """
+
+    def build(saved: dict[str, Any]) -> CAPModel:
+        old = MultimodalRunConfig()
+        for section in ("image_model", "audio_model", "model"):
+            for key, value in saved.get(section, {}).items():
+                setattr(getattr(old, section), key, value)
+        old_modalities = saved.get("multimodal", {}).get("modalities", [])
+        missing = sorted(set(old_modalities) - set(specs))
+        if missing or saved.get("multimodal", {}).get("fusion") != "joint":
+            raise CheckpointError(f"{config.multimodal.extend_from}: can extend a joint run whose modalities are among "
+                                  f"{sorted(specs)}; it has fusion {saved.get('multimodal', {}).get('fusion')}, modalities {old_modalities}")
+        old_specs = encoder_specs(old, {n: specs[n].in_shape for n in old_modalities}, old_modalities)
+        model = build_fusion_model("joint", old_specs, num_classes=num_classes, mode=saved["train"]["mode"],
+                                   head_options=old.model.head_options())
+        return model
+
+    try:
+        model, saved = load_trained_model(Path(config.multimodal.extend_from), build)
+    except RuntimeError as error:  # load_state_dict: shapes differ
+        raise CheckpointError(f"{config.multimodal.extend_from} does not fit these inputs: {str(error).splitlines()[0]}") from None
+    old_modalities = list(model.modalities)
+    model.freeze()
+    for name in sorted(set(specs) - set(old_modalities)):
+        model.add_modality(name, specs[name].build(), specs[name].in_shape)
+    return model, old_modalities
+
+
+def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Validate, load and pair the data, build the fusion model (or extend a trained one), train."""
+    config.validate()
+    device = resolve_device(config.train.device)
+    mm = config.multimodal
+    parts = load_modalities(config)
+    num_classes = len(next(iter(parts.values()))[3])
+    specs = encoder_specs(config, {name: part[2] for name, part in parts.items()}, sorted(parts))
+    torch.manual_seed(config.train.seed)
+    train_parts = {name: part[0] for name, part in parts.items()}
+    test_parts = {name: part[1] for name, part in parts.items()}
+    extra_results = None
+    if mm.extend_from:
+        model, old_modalities = extend_trained_model(config, specs, num_classes)
+        extra_results = _frozen_check(model, old_modalities, test_parts, config, device)
+    else:
+        model = build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
+                                   head_options=config.model.head_options())
+    out_dir = config.out_dir()
+    sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
+    backbones = "+".join(specs[name].backbone for name in sorted(specs))
+    log(f"{mm.fusion} {'+'.join(sorted(parts))} ({sizes} train/test, paired by {mm.pairing} to {mm.anchor}) | {backbones} | "
+        f"mode {config.train.mode} | {_describe(model)} | {device} | -> {out_dir}")
+    summary = {
+        "dataset": "+".join(getattr(config, name).name for name in sorted(parts)),
+        "backbone": backbones,
+        "fusion": mm.fusion,
+        "modalities": sorted(parts),
+    }
+    return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
+                          anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
+                          device=device, resume=resume, extra_results=extra_results, log=log)
+
+
+def _describe(model: nn.Module) -> str:
+    if isinstance(model, CAPModel):
+        return describe_parameters(model)
+    return f"params {sum(p.numel() for p in model.parameters()):,}"
+
+
+def _frozen_check(model: CAPModel, old: list[str], test_parts: dict[str, ModalSplit], config: MultimodalRunConfig,
+                  device: torch.device) -> Callable[[nn.Module], dict[str, Any]]:
+    """Records the frozen modalities' test predictions now; after training, reports whether they are bit-identical."""
+
+    def old_logits(m: nn.Module) -> torch.Tensor:
+        _, loader = multimodal_loaders(test_parts, test_parts, batch_size=2, eval_batch_size=config.train.eval_batch_size,
+                                       device=device, seed=config.train.seed, anchor=config.multimodal.anchor, pairing=config.multimodal.pairing)
+        logits, _ = collect_logits(m.to(device), loader, [tuple(sorted(old))])
+        return logits[tuple(sorted(old))]
+
+    before = old_logits(model)
+    return lambda trained: {"extended_from": config.multimodal.extend_from, "frozen_modalities": sorted(old),
+                            "frozen_predictions_unchanged": bool(torch.equal(before, old_logits(trained)))}

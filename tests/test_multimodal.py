@@ -1,0 +1,200 @@
+"""Multimodal CAPs: independent encoders in one prototype space, subsets, fusions, adding modalities,
+and a plug-in encoder defined right here."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from capsmm import CAPEncoder, CAPModel, training_loss
+from capsmm.config import TrainConfig
+from capsmm.data import ModalSplit
+from capsmm.encoder import build_encoder, register_encoder
+from capsmm.multimodal import EncoderSpec, LateFusion, build_fusion_model, evaluate_modalities, fit_multimodal, multimodal_loaders
+
+SPECS = {
+    "image": EncoderSpec("mlp", (1, 8, 8), {"hidden": 32, "dropout": 0.1}),
+    "audio": EncoderSpec("audio-cnn", (800,), {"width_mult": 0.25, "sample_rate": 8000}),
+}
+HEAD = {"pattern_width": 24}
+
+
+def joint(mode="caps", **head):
+    torch.manual_seed(0)
+    return build_fusion_model("joint", SPECS, num_classes=4, mode=mode, head_options=HEAD | head)
+
+
+def batch(n=8):
+    torch.manual_seed(1)
+    return {"image": torch.randn(n, 1, 8, 8), "audio": torch.randn(n, 800)}, torch.arange(n) % 4
+
+
+def test_encoders_share_no_parameter():
+    model = joint()
+    ids = {name: {id(p) for p in encoder.parameters()} for name, encoder in model.encoders.items()}
+    assert ids["image"] and ids["audio"] and not ids["image"] & ids["audio"]
+    readout_ids = {name: {id(p) for p in model.readouts[name].parameters()} for name in model.encoders}
+    assert not readout_ids["image"] & readout_ids["audio"]
+
+
+@pytest.mark.parametrize("mode", ["bp", "caps", "caps-full", "local"])
+def test_no_gradient_path_between_modalities(mode):
+    model = joint(mode)
+    inputs, _ = batch()
+    out = model(inputs)
+    sources = [name for name in model.encoders for _ in model.read_blocks[name]]
+    assert sorted(set(sources)) == ["audio", "image"]
+    for source, pattern in zip(sources, out.patterns):
+        own = torch.autograd.grad(pattern.sum(), list(model.encoders[source].parameters()), allow_unused=True, retain_graph=True)
+        assert any(g is not None for g in own)
+        for other in set(model.encoders) - {source}:
+            grads = torch.autograd.grad(pattern.sum(), list(model.encoders[other].parameters()), allow_unused=True, retain_graph=True)
+            assert all(g is None for g in grads), f"{source} pattern reaches the {other} encoder"
+
+
+def test_caps_blocks_of_every_modality_learn_their_partial_derivative_of_the_joint_loss():
+    model = joint("caps")
+    inputs, y = batch()
+    out = model(inputs)
+    leaves = [p.detach().requires_grad_() for p in out.patterns]
+    partials = torch.autograd.grad(F.cross_entropy(model.head(leaves), y), leaves)
+    blocks = [(name, i, block) for name in model.encoders for i, block in enumerate(model.encoders[name].blocks)]
+    expected = [torch.autograd.grad(out.patterns[k], list(block.parameters()), grad_outputs=partials[k], retain_graph=True)
+                for k, (_, _, block) in enumerate(blocks)]
+    training_loss(out, y).backward()
+    for (name, i, block), grads in zip(blocks, expected):
+        for p, g in zip(block.parameters(), grads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7, msg=f"{name} block {i}")
+
+
+def test_a_missing_modality_drops_its_slice():
+    model = joint("caps").eval()
+    inputs, _ = batch()
+    full = model(inputs)
+    image_only = model({"image": inputs["image"]})
+    m = torch.cat(image_only.patterns, 1)
+    mu = model.head.prototype_slices(model.slices["image"])
+    torch.testing.assert_close(image_only.logits, F.normalize(m, dim=1) @ F.normalize(mu, dim=1).T / 0.1)
+    assert len(image_only.patterns) == len(model.read_blocks["image"]) and not torch.allclose(image_only.logits, full.logits)
+    with pytest.raises(ValueError, match="no input for any modality"):
+        model({})
+
+
+def test_late_fusion_averages_probabilities_and_trains_each_model_alone():
+    torch.manual_seed(0)
+    late = build_fusion_model("late", SPECS, num_classes=4, mode="caps", head_options=HEAD)
+    assert isinstance(late, LateFusion)
+    late.eval()
+    inputs, y = batch()
+    out = late(inputs)
+    single = {name: late.models[name]({name: x}).logits for name, x in inputs.items()}
+    expected = (single["audio"].softmax(1) + single["image"].softmax(1)) / 2
+    torch.testing.assert_close(out.logits.exp(), expected)
+    torch.testing.assert_close(training_loss(out, y), sum(F.cross_entropy(v, y) for v in single.values()))
+    torch.testing.assert_close(late({"image": inputs["image"]}).logits.argmax(1), single["image"].argmax(1))
+
+
+def test_concat_bp_is_end_to_end_bp_with_a_linear_head_on_the_last_blocks():
+    torch.manual_seed(0)
+    model = build_fusion_model("concat-bp", SPECS, num_classes=4, mode="bp", head_options=HEAD)
+    assert model.mode == "bp" and model.head.kind == "template"
+    inputs, _ = batch()
+    out = model.eval()(inputs)
+    assert len(out.patterns) == 2
+    torch.testing.assert_close(out.logits, torch.cat(out.patterns, 1) @ model.head.weight.T)
+
+
+def paired_parts(n_train=96, n_test=48):
+    """Toy paired data: class c is visible in both modalities (image brightness pattern, audio tone)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def images(n):
+        labels = torch.arange(n) % 4
+        pixels = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+        for c in range(4):
+            pixels[labels == c, 0, 2 * c:2 * c + 2] = 200
+        pixels += torch.randint(0, 40, pixels.shape, generator=generator, dtype=torch.uint8)
+        return ModalSplit(pixels, labels, lambda x: x.float() / 255)
+
+    def audio(n):
+        labels = torch.arange(n) % 4
+        t = torch.arange(800) / 8000
+        waves = torch.stack([torch.sin(2 * torch.pi * 300 * (1 + int(c)) * t) for c in labels]) + 0.3 * torch.randn(n, 800, generator=generator)
+        return ModalSplit(waves, labels)
+
+    return {"image": images(n_train), "audio": audio(n_train)}, {"image": images(n_test), "audio": audio(n_test)}
+
+
+def small_train(**overrides):
+    config = TrainConfig(epochs=3, batch_size=16, lr=3e-3, progress=False, device="cpu", eval_batch_size=64, diagnostics_every=0)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_adding_a_modality_leaves_the_old_predictions_bit_identical(tmp_path):
+    train, test = paired_parts()
+    torch.manual_seed(0)
+    model = build_fusion_model("joint", {"image": SPECS["image"]}, num_classes=4, mode="caps", head_options=HEAD)
+    fit_multimodal(model, {"image": train["image"]}, {"image": test["image"]}, small_train(), tmp_path / "image",
+                   run_config={}, summary={}, anchor="image", log=lambda _: None)
+    _, loader = multimodal_loaders(test, test, batch_size=16, eval_batch_size=64, device=torch.device("cpu"), seed=0, anchor="image")
+    model.eval()
+    before = torch.cat([model({"image": x["image"]}).logits for x, _ in loader])
+    model.freeze()
+    model.add_modality("audio", SPECS["audio"].build(), SPECS["audio"].in_shape)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    results = fit_multimodal(model, train, test, small_train(), tmp_path / "both", run_config={}, summary={}, anchor="image",
+                             log=lambda _: None)
+    model.eval()
+    after = torch.cat([model({"image": x["image"]}).logits for x, _ in loader])
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert any(p.requires_grad for p in model.encoders["audio"].parameters())
+    assert results["test_error_by_modality"]["audio"] < 0.5  # the new modality learned (chance 0.75)
+
+
+class ToySequenceEncoder(CAPEncoder):
+    """A plug-in encoder for a new modality: 'toy' vectors, two linear blocks."""
+
+    modality = "toy"
+
+    def __init__(self, features: int, width: int) -> None:
+        super().__init__([nn.Sequential(nn.Linear(features, width), nn.ReLU()), nn.Sequential(nn.Linear(width, width), nn.ReLU())])
+
+
+@register_encoder("toy-mlp-test", modality="toy")
+def toy_mlp(*, in_shape, width_mult=1.0, dropout=0.0):
+    return ToySequenceEncoder(in_shape[0], int(32 * width_mult))
+
+
+def test_a_plug_in_encoder_trains_jointly_with_an_image_encoder(tmp_path):
+    train, test = paired_parts()
+    toy = {split: ModalSplit(torch.nn.functional.one_hot(parts["image"].labels, 4).float() * 2 + 0.5 * torch.randn(len(parts["image"].labels), 4),
+                             parts["image"].labels) for split, parts in (("train", train), ("test", test))}
+    specs = {"image": SPECS["image"], "toy": EncoderSpec("toy-mlp-test", (4,), {})}
+    assert isinstance(build_encoder("toy-mlp-test", in_shape=(4,)), ToySequenceEncoder)
+    torch.manual_seed(0)
+    model = build_fusion_model("joint", specs, num_classes=4, mode="caps", head_options=HEAD)
+    results = fit_multimodal(model, {"image": train["image"], "toy": toy["train"]}, {"image": test["image"], "toy": toy["test"]},
+                             small_train(), tmp_path, run_config={}, summary={}, anchor="toy", log=lambda _: None)
+    errors = results["test_error_by_modality"]
+    assert set(errors) == {"image", "toy", "image+toy"}
+    assert errors["toy"] < 0.2 and errors["image+toy"] < 0.2
+    assert set(results["retrieval"]) == {"image->toy", "toy->image"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test_error_by_modality"] == errors
+
+
+def test_joint_training_beats_chance_in_every_subset(tmp_path):
+    train, test = paired_parts()
+    model = joint("caps")
+    results = fit_multimodal(model, train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
+                             log=lambda _: None)
+    assert all(error < 0.5 for error in results["test_error_by_modality"].values())
+    assert results["retrieval"]["audio->image"]["map"] > 0.4  # chance is about 0.25
+    evaluated = evaluate_modalities(model, multimodal_loaders(train, test, batch_size=16, eval_batch_size=64, device=torch.device("cpu"),
+                                                              seed=0, anchor="audio")[1], ["audio", "image"])
+    assert evaluated["test_error_by_modality"] == results["test_error_by_modality"]

@@ -1,0 +1,75 @@
+"""scripts/train_multimodal.py: one-line errors, and small real runs (Fashion-MNIST x FSDD)."""
+
+import json
+
+import pytest
+
+from conftest import load_script
+
+train_multimodal = load_script("train_multimodal")
+
+
+def run(argv, capsys):
+    code = train_multimodal.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--fusion", "early"], "unknown multimodal.fusion 'early'; valid: joint, late, concat-bp"),
+    (["--audio-dataset", "librispeech"], "unknown audio dataset 'librispeech'"),
+    (["--fusion", "concat-bp", "--mode", "caps"], "fusion concat-bp is end-to-end bp: set --mode bp"),
+    (["--set", "audio_model.backbone=vgg11"], "audio_model.backbone 'vgg11' encodes image, not audio"),
+    (["--set", "multimodal.modalities=[image,smell]"], "'smell' is not image or audio"),
+    (["--set", "multimodal.anchor=text"], "multimodal.anchor 'text' is not one of"),
+    (["--set", "audio.sample_rate=fast"], "audio.sample_rate: expected an integer"),
+])
+def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path):
+    code, _, err = run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
+
+
+def test_unknown_speaker_and_missing_data(capsys, tmp_path, fsdd_root):
+    code, _, err = run(["--audio-root", str(fsdd_root), "--image-dataset", "digits", "--test-speakers", "nobody", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "test speaker(s) nobody not in" in err and "george, jackson, lucas, yweweler" in err
+    code, _, err = run(["--audio-root", str(tmp_path), "--image-dataset", "digits", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "no FSDD recordings" in err
+
+
+SMALL = ["--set", "image_model.hidden=64", "--set", "audio_model.width_mult=0.5", "--set", "model.pattern_width=64",
+         "--batch-size", "32", "--lr", "2e-3", "--no-progress"]
+
+
+@pytest.mark.parametrize("fusion, mode", [("joint", "caps"), ("late", "caps"), ("concat-bp", "bp")])
+def test_fashion_x_fsdd_with_a_held_out_speaker(fusion, mode, data_root, fsdd_root, tmp_path, capsys):
+    code, out, _ = run(["--image-root", str(data_root), "--audio-root", str(fsdd_root), "--test-speakers", "lucas",
+                        "--fusion", fusion, "--mode", mode, "--epochs", "2", "--train-subset", "1000", "--test-subset", "200",
+                        "--out", str(tmp_path), *SMALL], capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("dataset", "backbone", "mode", "params", "test_error", "train_error", "peak_memory_mib", "forward_ms",
+                "backward_ms", "epochs", "wall_seconds", "config"):
+        assert key in results
+    errors = results["test_error_by_modality"]
+    assert set(errors) == {"audio", "image", "audio+image"}
+    assert errors["image"] < 0.6 and errors["audio+image"] < 0.6  # chance 0.9, after 2 short epochs
+    assert set(results["retrieval"]) == {"audio->image", "image->audio"}
+    assert all(0 <= v["map"] <= 1 and 0 <= v["recall@1"] <= 1 for v in results["retrieval"].values())
+    assert f"{fusion}" in out and "R@1" in out
+
+
+def test_add_audio_to_a_trained_image_model(data_root, fsdd_root, tmp_path, capsys):
+    common = ["--image-root", str(data_root), "--audio-root", str(fsdd_root), "--test-speakers", "lucas", "--epochs", "1",
+              "--train-subset", "600", "--test-subset", "200", *SMALL]
+    code, _, _ = run([*common, "--set", "multimodal.modalities=[image]", "--set", "multimodal.anchor=image", "--out", str(tmp_path / "image")], capsys)
+    assert code == 0
+    # anchored on images again, the test items are the same images: the image error must not move
+    code, _, err = run([*common, "--set", f"multimodal.extend_from={tmp_path / 'image'}", "--set", "multimodal.anchor=image",
+                        "--out", str(tmp_path / "both")], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert results["frozen_modalities"] == ["image"] and results["frozen_predictions_unchanged"] is True
+    image_alone = json.loads((tmp_path / "image" / "results.json").read_text())["test_error_by_modality"]["image"]
+    assert results["test_error_by_modality"]["image"] == image_alone
+    code, _, err = run([*common, "--set", f"multimodal.extend_from={tmp_path / 'nothing'}", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "holds no checkpoint.safetensors" in err
