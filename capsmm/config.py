@@ -174,6 +174,8 @@ class TrainConfig:
     diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0)
     diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512)
     progress: bool = opt('show a tqdm progress bar per epoch', True)
+    sync_batchnorm: bool = opt('data-parallel on CUDA: batch statistics over the global batch (SyncBatchNorm)', False)
+    dist_timeout: float = opt('data-parallel: seconds a rank waits for the others before failing', 300.0)
 
     def validate(self, prefix: str = "train") -> None:
         from .modes import DETACHED_MODES, ModeSchedule
@@ -188,7 +190,8 @@ class TrainConfig:
         if self.memory == "lean" and self.compile:
             raise ConfigError(f"{prefix}.compile applies to {prefix}.memory=standard only")
         _check_positive({f"{prefix}.epochs": self.epochs, f"{prefix}.batch_size": self.batch_size, f"{prefix}.lr": self.lr,
-                         f"{prefix}.eval_batch_size": self.eval_batch_size, f"{prefix}.diagnostics_samples": self.diagnostics_samples})
+                         f"{prefix}.eval_batch_size": self.eval_batch_size, f"{prefix}.diagnostics_samples": self.diagnostics_samples,
+                         f"{prefix}.dist_timeout": self.dist_timeout})
         if self.diagnostics_every < 0:
             raise ConfigError(f"{prefix}.diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
         if self.batch_size < 2:

@@ -9,6 +9,7 @@ import torch
 
 from .config import RunConfig
 from .data import BatchLoader, image_split, load_image_dataset
+from .distributed import check_global_batch, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import ConfigError
 from .metrics import count_parameters
 from .model import CAPModel, build_model
@@ -48,26 +49,39 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
     """
     config.validate()
     device = resolve_device(config.train.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    data = load_image_dataset(config.data)
-    torch.manual_seed(config.train.seed)
-    model = model_from_config(config, data.num_classes, data.in_shape)
-    out_dir = config.out_dir()
-    log(
-        f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "
-        f"{config.model.backbone} x{config.model.width_mult:g} | mode {config.train.mode} | "
-        f"{describe_parameters(model)} | {device} | -> {out_dir}"
-    )
-    mean, std = data.channel_stats()
-    train = config.train
-    train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
-                               device=device, shuffle=True, seed=train.seed)
-    test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device)
-    diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
-    trainer = Trainer(
-        model, train_loader, test_loader, train, device, out_dir,
-        run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
-        diagnostics_batch=next(iter(diagnostics)), log=log,
-    )
-    return trainer.fit(resume=resume)
+    context, device = init_distributed(device, config.train.dist_timeout)
+    try:
+        check_global_batch(config.train.batch_size, context)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        data = load_image_dataset(config.data)
+        torch.manual_seed(config.train.seed)
+        model = model_from_config(config, data.num_classes, data.in_shape)
+        torch.manual_seed(config.train.seed + 1_000 * context.rank)  # ranks draw different dropout masks
+        out_dir = config.out_dir()
+        ranks = f" x {context.world} ranks (global batch {config.train.batch_size})" if context.enabled else ""
+        if context.is_main:
+            log(
+                f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "
+                f"{config.model.backbone} x{config.model.width_mult:g} | mode {config.train.mode} | "
+                f"{describe_parameters(model)} | {device}{ranks} | -> {out_dir}"
+            )
+        mean, std = data.channel_stats()
+        train = config.train
+        shard = (context.rank, context.world)
+        train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
+                                   device=device, shuffle=True, seed=train.seed, shard=shard)
+        test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device, shard=shard)
+        diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
+        trainer = Trainer(
+            model, train_loader, test_loader, train, device, out_dir,
+            run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
+            diagnostics_batch=next(iter(diagnostics)), log=log, dist=context,
+        )
+        return trainer.fit(resume=resume)
+    except RuntimeError as error:  # DDP's own all-reduce fails inside backward with a plain RuntimeError
+        if context.enabled and is_peer_failure(error):
+            raise peer_failure(error, "training") from None
+        raise
+    finally:
+        shutdown()

@@ -7,7 +7,7 @@ Also builds the optimiser and the speed options of ``train`` (Adam implementatio
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -58,10 +58,13 @@ def train_step(
     lean: bool = False,
     timer: PhaseTimer | None = None,
     autocast: contextlib.AbstractContextManager[Any] | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[CAPOutput, Tensor]:
     """Forward, loss, backward and optimiser step; the three phases are timed when ``timer`` is given.
 
-    With ``lean`` the backward recomputes one block at a time (:mod:`capsmm.lean`).
+    With ``lean`` the backward recomputes one block at a time (:mod:`capsmm.lean`). ``after_backward``
+    runs between the backward and the optimiser step (data-parallel lean training averages
+    gradients there).
     """
     phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
     state: LeanState | None = None
@@ -77,6 +80,24 @@ def train_step(
             lean_backward(loss, state)
         else:
             loss.backward()
+        if after_backward is not None:
+            after_backward()
     with phase("step"):
         optimizer.step()
     return output, loss
+
+
+def average_gradients(model: nn.Module, context: Any) -> None:
+    """Average the gradients over the ranks of ``context`` (one flat all-reduce)."""
+    from .distributed import communicate
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    communicate(torch.distributed.all_reduce, flat)
+    flat /= context.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
+from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
-from .step import autocast_context, make_adam, prepare_inputs, train_step
+from .step import autocast_context, average_gradients, make_adam, prepare_inputs, train_step
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -78,7 +80,13 @@ class Trainer:
         evaluators: Sequence[Evaluator] = (),
         diagnostics_batch: Batch | None = None,
         log: Callable[[str], None] = print,
+        dist: DistContext = DistContext(),
     ) -> None:
+        self.dist = dist
+        if train.sync_batchnorm:
+            if device.type != "cuda" or not dist.enabled:
+                raise ConfigError("train.sync_batchnorm needs CUDA and a torchrun launch (PyTorch's SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         self.train_config = train
         self.run_config = run_config
@@ -87,12 +95,18 @@ class Trainer:
         self.evaluated_keys: set[str] = set()
         self.device = device
         self.out_dir = Path(out_dir)
-        self.log = log
+        self.log = log if dist.is_main else (lambda line: None)
         self.schedule = ModeSchedule.parse(train.mode)
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward_model = torch.compile(self.model) if train.compile else self.model
         self.lean = train.memory == "lean"
+        # data-parallel: DDP averages gradients during backward; the lean step has its own backward,
+        # so there gradients are averaged once it is done (average_gradients)
+        wrapped = self.model
+        if dist.enabled and not self.lean:
+            wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+        self.forward_model = torch.compile(wrapped) if train.compile else wrapped
+        self.after_backward = (lambda: average_gradients(self.model, dist)) if dist.enabled and self.lean else None
         self.autocast = autocast_context(device, train.amp)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_adam(trainable, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
@@ -120,7 +134,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
-            "rng": rng_state(),
+            "rng": self._rng_states,
             "history": self.history,
             "wall_seconds": self.wall_seconds,
         })
@@ -137,7 +151,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        set_rng_state(state["rng"])
+        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        set_rng_state(states[self.dist.rank % len(states)])
         self.history = list(state["history"])
         self.wall_seconds = float(state["wall_seconds"])
         self._rewrite_metrics()
@@ -145,8 +160,9 @@ class Trainer:
 
     def _rewrite_metrics(self) -> None:
         """Make metrics.jsonl hold exactly the checkpointed epochs (drop lines of an interrupted epoch)."""
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        (self.out_dir / METRICS).write_text(lines)
+        if self.dist.is_main:
+            lines = "".join(json.dumps(record) + "\n" for record in self.history)
+            (self.out_dir / METRICS).write_text(lines)
 
     # ------------------------------------------------------------------ loop
 
@@ -165,7 +181,7 @@ class Trainer:
         for step, (images, labels) in enumerate(bar):
             output, loss = train_step(
                 self.forward_model, self.optimizer, self.inputs(images), labels,
-                lean=self.lean, timer=self.timer, autocast=self.autocast,
+                lean=self.lean, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
             )
             loss_sum += loss.detach() * len(labels)
             wrong += (output.logits.detach().argmax(1) != labels).sum()
@@ -179,19 +195,21 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         if not torch.isfinite(loss_sum):
             raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
-        return {"train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
+        count = torch.tensor(seen, device=self.device)
+        all_reduce_sum(self.dist, loss_sum, wrong, count)
+        return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Test error (fraction) with the model in eval mode."""
         self.model.eval()
-        wrong, seen = 0, 0
+        counts = torch.zeros(2, device=self.device, dtype=torch.long)  # wrong, seen
         for images, labels in self.test_loader:
             with self.autocast:
-                logits = self.forward_model(self.inputs(images)).logits
-            wrong += int((logits.argmax(1) != labels).sum())
-            seen += len(labels)
-        return wrong / seen
+                logits = self.model(self.inputs(images)).logits
+            counts += torch.stack([(logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=self.device)])
+        all_reduce_sum(self.dist, counts)
+        return counts[0].item() / counts[1].item()
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
@@ -202,7 +220,7 @@ class Trainer:
                 raise ConfigError(f"{self.out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose another --out")
             start = self._restore()
             self.log(f"resumed {self.out_dir} after epoch {start}")
-        else:
+        elif self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / METRICS).write_text("")
         for epoch in range(start, epochs):
@@ -218,7 +236,7 @@ class Trainer:
                 self.evaluated_keys |= set(figures)
                 record.update(figures)
             every = self.train_config.diagnostics_every
-            if every and self.diagnostics_batch is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            if every and self.diagnostics_batch is not None and self.dist.is_main and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
                 began_diagnostics = time.perf_counter()
                 inputs, labels = self.diagnostics_batch
                 record["diagnostics"] = model_diagnostics(self.model, self.inputs(inputs), labels)
@@ -227,15 +245,19 @@ class Trainer:
             record["epoch_seconds"] = time.perf_counter() - began
             self.wall_seconds += record["epoch_seconds"]
             self.history.append(record)
-            with open(self.out_dir / METRICS, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            self._save(epoch + 1)
+            self._rng_states = gather_objects(self.dist, rng_state())
+            if self.dist.is_main:
+                with open(self.out_dir / METRICS, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                self._save(epoch + 1)
+            barrier(self.dist)  # every rank has a complete checkpoint behind it before going on
             self.log(
                 f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "
                 f"train err {record['train_error']:.2%}  test err {record['test_error']:.2%}  {record['epoch_seconds']:.1f}s"
             )
         results = self.results()
-        atomic_write_json(self.out_dir / RESULTS, results)
+        if self.dist.is_main:
+            atomic_write_json(self.out_dir / RESULTS, results)
         return results
 
     def results(self) -> dict[str, Any]:

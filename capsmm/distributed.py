@@ -1,0 +1,123 @@
+"""torch.distributed plumbing: the process group from torchrun's environment, reductions, and the
+one-line error a run ends with when another rank dies or stops answering.
+
+Launch with ``torchrun --nproc_per_node N scripts/train_vision.py ...``: every process runs the
+same command, torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and
+capsmm joins the group (gloo on CPU, NCCL on CUDA). Without those variables nothing changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, TrainingError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process' place in the group (``world == 1``: not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device, timeout_s: float) -> tuple[DistContext, torch.device]:
+    """Join the process group torchrun describes (if any); returns the context and this rank's device.
+
+    ``timeout_s`` bounds every collective: a rank that dies or hangs makes the others fail with
+    :class:`TrainingError` after at most that long instead of waiting forever.
+    """
+    if not launched_by_torchrun():
+        return DistContext(), device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
+                                    device_id=device if device.type == "cuda" else None)
+        except Exception as error:
+            raise TrainingError(f"rank {rank} could not join the process group of {world} "
+                                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    return DistContext(rank, world, local_rank), device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(context: DistContext, *values: torch.Tensor) -> None:
+    """Sum tensors over ranks, in place (a no-op on one process)."""
+    if context.enabled:
+        for value in values:
+            communicate(dist.all_reduce, value, op=dist.ReduceOp.SUM)
+
+
+def gather_objects(context: DistContext, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not context.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * context.world
+    communicate(dist.all_gather_object, gathered, obj)
+    return gathered
+
+
+def barrier(context: DistContext) -> None:
+    if context.enabled:
+        communicate(dist.barrier)
+
+
+PEER_FAILURE_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` says another rank died or stopped answering (DDP raises plain RuntimeErrors)."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in PEER_FAILURE_MARKERS))
+
+
+def peer_failure(error: BaseException, during: str) -> TrainingError:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    return TrainingError(f"rank {rank} lost its peers during {during} (another rank died or timed out: {text[:200]}); "
+                         "rerun the same command with --resume to continue from the last complete checkpoint")
+
+
+def communicate(operation: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a collective; a dead or silent peer becomes one-line :class:`TrainingError`."""
+    try:
+        return operation(*args, **kwargs)
+    except (RuntimeError, dist.DistError) as error:
+        if not is_peer_failure(error):
+            raise
+        raise peer_failure(error, getattr(operation, "__name__", "a collective")) from None
+
+
+def check_global_batch(batch_size: int, context: DistContext) -> int:
+    """The per-rank batch: the global ``batch_size`` split evenly over the ranks."""
+    if batch_size % context.world:
+        raise ConfigError(f"train.batch_size {batch_size} is the global batch and must divide evenly over {context.world} ranks")
+    return batch_size // context.world

@@ -1,0 +1,172 @@
+"""torch.distributed on CPU (gloo): data-parallel equivalence, block-parallel CAPs gradients and traffic,
+a dying rank, and resuming a data-parallel run."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from capsmm import build_model, training_loss
+from capsmm.block_parallel import BlockParallelCAPs, PipelineBP, split_blocks
+from capsmm.distributed import DistContext
+from conftest import ROOT
+
+TINY = ["--dataset", "digits", "--batch-size", "64", "--train-subset", "256", "--test-subset", "100", "--device", "cpu",
+        "--set", "model.hidden=64", "--set", "model.dropout=0", "--set", "model.readout_norm=layernorm", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args, n=2, timeout=300):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               str(ROOT / "scripts" / "train_vision.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def model_tensors(path):
+    return {k: v for k, v in load_file(path / "checkpoint.safetensors").items() if k.startswith("state.model")}
+
+
+@pytest.fixture(scope="module")
+def ddp_two_epochs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = torchrun([*TINY, "--epochs", "2", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_data_parallel_equals_one_process_on_the_same_global_batches(ddp_two_epochs, tmp_path):
+    from capsmm.config import build_runs
+    from capsmm.run import train
+
+    flags = dict(zip(TINY[::2], TINY[1::2]))
+    overrides = [("data.name", "digits"), ("train.batch_size", 64), ("data.train_subset", 256), ("data.test_subset", 100),
+                 ("train.device", "cpu"), ("model.hidden", 64), ("model.dropout", 0.0), ("model.readout_norm", "layernorm"),
+                 ("train.progress", False), ("train.epochs", 2), ("out", str(tmp_path))]
+    assert flags["--batch-size"] == "64"
+    [config] = build_runs(None, overrides)
+    train(config, log=lambda _: None)
+    single, parallel = model_tensors(tmp_path), model_tensors(ddp_two_epochs)
+    assert single.keys() == parallel.keys()
+    for key in single:
+        torch.testing.assert_close(parallel[key], single[key], rtol=1e-4, atol=1e-6, msg=key)
+    # only rank 0 wrote: one metrics line per epoch
+    assert len((ddp_two_epochs / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_resumed_data_parallel_run_continues_from_its_checkpoint(ddp_two_epochs, tmp_path):
+    assert torchrun([*TINY, "--epochs", "1", "--out", str(tmp_path)]).returncode == 0
+    result = torchrun([*TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed, straight = model_tensors(tmp_path), model_tensors(ddp_two_epochs)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_a_dead_rank_stops_the_others_with_one_line(tmp_path):
+    port = free_port()
+    common = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(ROOT / "scripts" / "train_vision.py"), *TINY, "--epochs", "200", "--set", "train.dist_timeout=20",
+            "--out", str(tmp_path)]
+    ranks = [subprocess.Popen(args, env={**common, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "checkpoint.safetensors").exists(), "training never started"
+    ranks[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    _, err = ranks[0].communicate(timeout=90)
+    assert time.time() - killed_at < 60
+    assert ranks[0].returncode not in (0, None)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and "Traceback" not in err, err[-2000:]
+    assert "lost its peers" in lines[-1] and "--resume" in lines[-1]
+
+
+# ---------------------------------------------------------------------------- block-parallel
+
+SPEC = dict(backbone="mlp", num_classes=5, in_shape=(1, 8, 8), depth=4, hidden=32, dropout=0.0, pattern_width=16,
+            readout_norm="layernorm")
+
+
+def batch():
+    torch.manual_seed(1)
+    return torch.randn(12, 1, 8, 8), torch.arange(12) % 5
+
+
+def block_parallel_worker(rank, world, port, kind, micro_batches, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    spec = dict(SPEC)
+    model = build_model(spec.pop("backbone"), mode="caps" if kind == "caps" else "bp", **spec)
+    stage = (BlockParallelCAPs if kind == "caps" else PipelineBP)(model, DistContext(rank, world, rank), (1, 8, 8))
+    x, y = batch()
+    loss = stage.backward(x, y, micro_batches)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    torch.save({"grads": grads, "traffic": vars(stage.traffic), "loss": loss, "own": list(stage.own)}, out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_ranks(world, kind, micro_batches, tmp_path):
+    mp.spawn(block_parallel_worker, args=(world, free_port(), kind, micro_batches, tmp_path), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
+def single_process_gradients(mode):
+    torch.manual_seed(0)
+    spec = dict(SPEC)
+    model = build_model(spec.pop("backbone"), mode=mode, **spec)
+    x, y = batch()
+    loss = training_loss(model(x), y)
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}, loss.item()
+
+
+@pytest.mark.parametrize("world, micro_batches", [(2, 1), (3, 3), (4, 2)])
+def test_block_parallel_caps_gradients_equal_single_process_caps(world, micro_batches, tmp_path):
+    reference, reference_loss = single_process_gradients("caps")
+    ranks = run_ranks(world, "caps", micro_batches, tmp_path)
+    covered = set()
+    for rank in ranks:
+        for name, grad in rank["grads"].items():
+            torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+            covered.add(name)
+    assert covered == set(reference), "every parameter is trained on exactly one rank"
+    assert ranks[-1]["loss"] == pytest.approx(reference_loss, rel=1e-5)
+    # traffic, counted from tensor sizes: activations forward, patterns to the head, dL/dm back; never activation gradients
+    batch_size, width, hidden, floats = 12, 16, 32, 4
+    for r, rank in enumerate(ranks):
+        traffic = rank["traffic"]
+        assert traffic["activation_grads"] == 0
+        assert traffic["activations"] == (0 if r == world - 1 else batch_size * hidden * floats)
+        assert traffic["patterns"] == (0 if r == world - 1 else len(rank["own"]) * batch_size * width * floats)
+    head_blocks = len(ranks[-1]["own"])
+    assert ranks[-1]["traffic"]["pattern_grads"] == (4 - head_blocks) * batch_size * width * floats
+
+
+def test_pipeline_bp_matches_single_process_bp_and_sends_activation_gradients(tmp_path):
+    reference, _ = single_process_gradients("bp")
+    ranks = run_ranks(2, "bp", 2, tmp_path)
+    for rank in ranks:
+        for name, grad in rank["grads"].items():
+            torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert ranks[1]["traffic"]["activation_grads"] == ranks[0]["traffic"]["activations"] == 12 * 32 * 4
+
+
+def test_split_blocks():
+    assert split_blocks(8, 3) == [range(0, 3), range(3, 6), range(6, 8)]
+    with pytest.raises(Exception, match="each rank needs at least one block"):
+        split_blocks(2, 3)
