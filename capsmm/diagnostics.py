@@ -97,11 +97,13 @@ def block_accuracy(head: PrototypeHead, patterns: Sequence[Tensor], labels: Tens
     return [(head([p], [s]).argmax(1) == labels).float().mean().item() for p, s in zip(patterns, slices)]
 
 
-def flat_block_gradients(model: CAPModel) -> list[Tensor]:
-    return [torch.cat([p.grad.flatten() for p in block.parameters() if p.grad is not None]) for block in model.blocks]
+def flat_block_gradients(model: CAPModel) -> list[Tensor | None]:
+    """Each block's parameter gradients as one vector (None for a block without any: frozen)."""
+    grads = [[p.grad.flatten() for p in block.parameters() if p.grad is not None] for block in model.blocks]
+    return [torch.cat(g) if g else None for g in grads]
 
 
-def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], labels: Tensor) -> list[float] | None:
+def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], labels: Tensor) -> list[float | None] | None:
     """Per block: cos(caps update direction, full gradient) of the same global objective.
 
     Both gradients are taken on the same batch, parameters, dropout masks and batch statistics
@@ -128,7 +130,7 @@ def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], la
         model.train(was_training)
         for p, g in zip(model.parameters(), saved_grads):
             p.grad = g
-    return [F.cosine_similarity(a, b, dim=0).item() for a, b in zip(gradients["caps"], gradients["caps-full"])]
+    return [None if a is None else F.cosine_similarity(a, b, dim=0).item() for a, b in zip(gradients["caps"], gradients["caps-full"])]
 
 
 @torch.no_grad()

@@ -62,7 +62,8 @@ def plot_gradient_cosine(runs: Sequence[RunRecord], path: Path) -> Path:
         blocks = len(values[0])
         colours = plt.cm.viridis([i / max(1, blocks - 1) for i in range(blocks)])
         for block in range(blocks):
-            ax.plot(epochs, [v[block] for v in values], "o-", color=colours[block], label=f"block {block}")
+            cosines = [float("nan") if v[block] is None else v[block] for v in values]  # None: a frozen block
+            ax.plot(epochs, cosines, "o-", color=colours[block], label=f"block {block}")
         ax.set(xlabel="epoch", ylabel="cos(partial, full gradient)", title=run.label(), ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -66,13 +67,14 @@ def fix_length(wave: Tensor, length: int) -> Tensor:
 _resamplers: dict[tuple[int, int], Callable[[Tensor], Tensor]] = {}
 
 
-def read_wave(path: Path, sample_rate: int) -> Tensor:
-    """A mono float32 (T,) waveform at ``sample_rate``; an unreadable file is a one-line :class:`DataError`."""
+def read_wave(source: Path | BinaryIO, sample_rate: int) -> Tensor:
+    """A mono float32 (T,) waveform at ``sample_rate`` from a file or a file-like object (encoded
+    bytes); an unreadable one is a one-line :class:`DataError`."""
     soundfile = require("soundfile", "reading audio files")
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        data, rate = soundfile.read(source if hasattr(source, "read") else str(source), dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises its own LibsndfileError, RuntimeError, ...
-        raise DataError(f"cannot read audio file {path}: {error}") from None
+        raise DataError(f"cannot read audio file {getattr(source, 'name', source)}: {error}") from None
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         if (rate, sample_rate) not in _resamplers:

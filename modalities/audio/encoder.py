@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from capsmm.encoder import CAPEncoder, register_encoder
 from capsmm.errors import ConfigError
+from capsmm.layers import POOL, conv_blocks
 from capsmm.optional import require
 
 
@@ -30,31 +31,18 @@ class LogMel(nn.Module):
         return torch.log(self.mel(waves.float()) + 1e-6).unsqueeze(1)
 
 
-M = "M"
-
-
 class AudioConvEncoder(CAPEncoder):
     """Log-mel -> BatchNorm, then conv3x3-BN-ReLU[-pool]-Dropout blocks; the front end belongs to block 0."""
 
     modality = "audio"
 
     def __init__(self, sample_rate: int, channels: Sequence[int | str], width_mult: float, dropout: float, n_mels: int) -> None:
-        blocks, in_channels = [], 1
-        for index, item in enumerate(channels):
-            if item == M:
-                continue
-            out_channels = max(1, round(int(item) * width_mult))
-            layers: list[nn.Module] = [LogMel(sample_rate, n_mels), nn.BatchNorm2d(1)] if not blocks else []
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-            if index + 1 < len(channels) and channels[index + 1] == M:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers.append(nn.Dropout(dropout))
-            blocks.append(nn.Sequential(*layers))
-            in_channels = out_channels
+        blocks = conv_blocks(1, channels, width_mult, dropout)
+        blocks[0] = nn.Sequential(LogMel(sample_rate, n_mels), nn.BatchNorm2d(1), *blocks[0])
         super().__init__(blocks)
 
 
-AUDIO_CHANNELS: list[int | str] = [16, M, 32, M, 64, M, 64, M]
+AUDIO_CHANNELS: list[int | str] = [16, POOL, 32, POOL, 64, POOL, 64, POOL]
 
 
 @register_encoder("audio-cnn", modality="audio")

@@ -15,9 +15,10 @@ from PIL import Image
 
 from capsmm.config import AudioDataConfig, DataConfig
 from capsmm.data import DATASETS, ImageDataset, ImageSet
+from capsmm.data.vision import grey_if_colourless
 from capsmm.errors import DataError
 from capsmm.optional import require
-from modalities.audio.data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length
+from modalities.audio.data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length, read_wave
 
 LABEL = "label"
 
@@ -48,51 +49,31 @@ def load_disk_split_columns(path: Path, column: str) -> tuple[dict[str, list], d
     return values, labels, classes
 
 
-def _bytes(value: object) -> bytes | str:
-    if isinstance(value, dict):
-        return value.get("bytes") or value["path"]
+def _file(value: object) -> io.BytesIO | Path:
+    """An undecoded Image/Audio value ({"bytes", "path"}) as something PIL and soundfile can open."""
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        return io.BytesIO(value["bytes"]) if value.get("bytes") else Path(value["path"])
     raise DataError(f"unexpected column value {type(value).__name__}; expected an Image or Audio feature")
 
 
 @DATASETS.register("hf-disk")
 def load_hf_images(config: DataConfig, root: Path) -> ImageDataset:
     """The ``image`` column of a saved DatasetDict at ``data.path`` (relative to the root) or the root."""
-    path = root / config.path if config.path else root
-    values, labels, classes = load_disk_split_columns(path, "image")
+    values, labels, classes = load_disk_split_columns(root / config.path if config.path else root, "image")
     sets = {}
     for split, items in values.items():
-        images = []
-        for item in items:
-            data = _bytes(item)
-            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data).convert("RGB")
-            images.append(np.asarray(image.resize((config.image_size, config.image_size))))
-        sets[split] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    grey = all(bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()) for x in sets.values())
-    sets = {k: v[:, :1].contiguous() if grey else v for k, v in sets.items()}
-    return ImageDataset("hf-disk", ImageSet(sets["train"], labels["train"]), ImageSet(sets["test"], labels["test"]), classes)
+        images = [np.asarray(Image.open(_file(item)).convert("RGB").resize((config.image_size, config.image_size))) for item in items]
+        sets[split] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    train, test = grey_if_colourless(sets["train"], sets["test"])
+    return ImageDataset("hf-disk", ImageSet(train, labels["train"]), ImageSet(test, labels["test"]), classes)
 
 
 @AUDIO_DATASETS.register("hf-disk")
 def load_hf_audio(config: AudioDataConfig, root: Path) -> AudioDataset:
     """The ``audio`` column of a saved DatasetDict at ``audio.path`` (relative to the root) or the root."""
-    soundfile = require("soundfile", "decoding audio")
-    from modalities.audio.data import read_wave
-
-    path = root / config.path if config.path else root
-    values, labels, classes = load_disk_split_columns(path, "audio")
+    values, labels, classes = load_disk_split_columns(root / config.path if config.path else root, "audio")
     sets = {}
     for split, items in values.items():
-        waves = []
-        for index, item in enumerate(items):
-            data = _bytes(item)
-            if isinstance(data, bytes):
-                samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-                wave = torch.from_numpy(samples.mean(axis=1))
-                if rate != config.sample_rate:
-                    torchaudio = require("torchaudio", "resampling audio")
-                    wave = torchaudio.functional.resample(wave, rate, config.sample_rate)
-            else:
-                wave = read_wave(Path(data), config.sample_rate)
-            waves.append(fix_length(wave, config.length))
-        sets[split] = AudioSet(torch.stack(waves), labels[split], [f"{split}-{i}" for i in range(len(waves))])
+        waves = torch.stack([fix_length(read_wave(_file(item), config.sample_rate), config.length) for item in items])
+        sets[split] = AudioSet(waves, labels[split], [f"{split}-{i}" for i in range(len(waves))])
     return AudioDataset("hf-disk", sets["train"], sets["test"], classes, config.sample_rate)

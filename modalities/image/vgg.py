@@ -9,20 +9,18 @@ Channel lists at 1x (``"M"`` = 2x2 max-pool, attached to the block before it):
 - ``vgg6`` (5 convs) and ``vgg8`` (6 convs): the paper gives no lists; these are the classic
   stages with the deepest layers dropped, chosen so that parameters fall near its Table 1 rows.
 
-Every block is conv3x3 -> BatchNorm -> ReLU [-> max-pool] -> Dropout. Pools use ``ceil_mode``
-so 28x28 inputs go 28 -> 14 -> 7 -> 4 -> 2 -> 1 without padding the images to 32x32.
+Every block is conv3x3 -> BatchNorm -> ReLU [-> max-pool] -> Dropout (:func:`capsmm.layers.conv_blocks`).
+Pools use ``ceil_mode`` so 28x28 inputs go 28 -> 14 -> 7 -> 4 -> 2 -> 1 without padding to 32x32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from capsmm.encoder import CAPEncoder, register_encoder
 from capsmm.errors import ConfigError
-
-M = "M"
+from capsmm.layers import POOL as M
+from capsmm.layers import conv_blocks
 VGG_CHANNELS: dict[str, list[int | str]] = {
     "vgg6": [64, M, 128, M, 256, M, 512, M, 512, M],
     "vgg8": [64, M, 128, M, 256, 256, M, 512, M, 512, M],
@@ -36,22 +34,7 @@ class VGGEncoder(CAPEncoder):
     """A VGG feature extractor whose blocks are its conv layers (with any following pool)."""
 
     def __init__(self, in_channels: int, channels: Sequence[int | str], width_mult: float, dropout: float) -> None:
-        blocks = []
-        for index, item in enumerate(channels):
-            if item == M:
-                continue
-            out_channels = max(1, round(int(item) * width_mult))
-            layers: list[nn.Module] = [
-                nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
-                nn.ReLU(inplace=True),
-            ]
-            if index + 1 < len(channels) and channels[index + 1] == M:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers.append(nn.Dropout(dropout))
-            blocks.append(nn.Sequential(*layers))
-            in_channels = out_channels
-        super().__init__(blocks)
+        super().__init__(conv_blocks(in_channels, channels, width_mult, dropout))
 
 
 def _register(name: str) -> None:
