@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -109,15 +110,41 @@ class BlockParallelCAPs(_Stage):
     readouts and, on the last rank, the prototypes.
     """
 
-    def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int], lr: float = 5e-4) -> None:
+    def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int], lr: float = 5e-4, **adam: Any) -> None:
         if model.mode != "caps":
             raise ConfigError(f"block-parallel CAPs trains a caps model, not '{model.mode}'")
         super().__init__(model, context, in_shape, lr)
         readouts = model.readouts[self.name]
-        params = [p for i in self.own for p in [*self.encoder.blocks[i].parameters(), *readouts[i].parameters()]]
+        self.owned = [*(self.encoder.blocks[i] for i in self.own), *(readouts[i] for i in self.own)]
         if context.rank == self.head_rank:
-            params += list(model.head.parameters())
-        self.optimizer = make_adam(params, lr=lr)
+            self.owned.append(model.head)
+        self.optimizer = make_adam([p for module in self.owned for p in module.parameters()], lr=lr, **adam)
+        self.last_logits: list[Tensor] = []
+
+    def own_state(self) -> dict[str, Tensor]:
+        """This rank's part of the model's state dict (its blocks, readouts and, on the last rank, head)."""
+        names = {id(t): name for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
+        return {names[id(t)]: t.detach().cpu() for module in self.owned for t in [*module.parameters(), *module.buffers()]}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor | None:
+        """Forward only, through the ranks: the logits on the last rank, None elsewhere."""
+        rank, device = self.context.rank, images.device
+        x = images if rank == 0 else self.recv((len(images), *self.output_shapes[self.own.start - 1]), rank - 1, device)
+        out, patterns = self._forward(x)
+        if rank < self.context.world - 1:
+            self.send(out, rank + 1, "activations")
+        logits = None
+        if rank == self.head_rank:
+            width = self.model.head.slice_dims[0]
+            gathered = [patterns[b - self.own.start] if self.owner(b) == rank else self.recv((len(images), width), self.owner(b), device)
+                        for b in range(len(self.encoder.blocks))]
+            logits = self.model.head(gathered)
+        else:
+            for pattern in patterns:
+                self.send(pattern, self.head_rank, "patterns")
+        self.flush()
+        return logits
 
     def _forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         readouts = self.model.readouts[self.name]
@@ -131,7 +158,7 @@ class BlockParallelCAPs(_Stage):
         """Forward and backward of one batch (every rank passes the same batch); gradients land in
         this rank's parameters. Returns the loss on the last rank."""
         device, rank = images.device, self.context.rank
-        self.model.train()
+        self.last_logits = []
         chunks = list(zip(images.chunk(micro_batches), labels.chunk(micro_batches)))
         graphs, losses = [], []
         for x, y in chunks:
@@ -141,7 +168,9 @@ class BlockParallelCAPs(_Stage):
             if rank < self.context.world - 1:
                 self.send(out, rank + 1, "activations")
             if rank == self.head_rank:
-                losses.append(self._global_loss(patterns, y, device, len(y) / len(labels)))
+                loss, logits = self._global_loss(patterns, y, device, len(y) / len(labels))
+                losses.append(loss)
+                self.last_logits.append(logits)
             else:
                 for pattern in patterns:
                     self.send(pattern, self.head_rank, "patterns")
@@ -152,7 +181,7 @@ class BlockParallelCAPs(_Stage):
         self.flush()
         return float(sum(losses)) if losses else None
 
-    def _global_loss(self, own_patterns: list[Tensor], labels: Tensor, device: torch.device, scale: float) -> Tensor:
+    def _global_loss(self, own_patterns: list[Tensor], labels: Tensor, device: torch.device, scale: float) -> tuple[Tensor, Tensor]:
         """On the head rank: gather every block's pattern, compute the global loss (weighted by the
         micro-batch's share of the batch), send dL/dm_i home, backpropagate its own."""
         width = self.model.head.slice_dims[0]
@@ -165,7 +194,8 @@ class BlockParallelCAPs(_Stage):
             else:
                 leaves.append(self.recv((len(labels), width), source, device).requires_grad_())
         head_params = list(self.model.head.parameters())
-        loss = F.cross_entropy(self.model.head(leaves), labels) * scale
+        logits = self.model.head(leaves)
+        loss = F.cross_entropy(logits, labels) * scale
         grads = torch.autograd.grad(loss, [*leaves, *head_params])
         for block, grad in enumerate(grads[:len(leaves)]):
             if block not in own:
@@ -173,7 +203,7 @@ class BlockParallelCAPs(_Stage):
         torch.autograd.backward([own[b] for b in sorted(own)], [grads[b] for b in sorted(own)])
         for param, grad in zip(head_params, grads[len(leaves):]):
             param.grad = grad if param.grad is None else param.grad + grad
-        return loss.detach()
+        return loss.detach(), logits.detach()
 
 
 class PipelineBP(_Stage):
@@ -190,7 +220,6 @@ class PipelineBP(_Stage):
 
     def backward(self, images: Tensor, labels: Tensor, micro_batches: int = 1) -> float | None:
         device, rank, last = images.device, self.context.rank, self.context.world - 1
-        self.model.train()
         chunks = list(zip(images.chunk(micro_batches), labels.chunk(micro_batches)))
         kept, losses = [], []
         for x, y in chunks:

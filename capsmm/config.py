@@ -174,6 +174,8 @@ class TrainConfig:
     diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0)
     diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512)
     progress: bool = opt('show a tqdm progress bar per epoch', True)
+    parallel: str = opt('under torchrun: data (DistributedDataParallel) or blocks (block-parallel caps: each rank trains a run of blocks)', "data")
+    micro_batches: int = opt('block-parallel: micro-batches per batch, so that the ranks work at the same time', 1)
     sync_batchnorm: bool = opt('data-parallel on CUDA: batch statistics over the global batch (SyncBatchNorm)', False)
     dist_timeout: float = opt('data-parallel: seconds a rank waits for the others before failing', 300.0)
 
@@ -189,9 +191,12 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.memory=lean needs caps or local throughout; {prefix}.mode is '{self.mode}'")
         if self.memory == "lean" and self.compile:
             raise ConfigError(f"{prefix}.compile applies to {prefix}.memory=standard only")
+        _check_choice(f"{prefix}.parallel", self.parallel, ("data", "blocks"))
+        if self.parallel == "blocks" and (set(schedule.modes) != {"caps"} or self.memory != "standard" or self.compile or self.amp != "none"):
+            raise ConfigError(f"{prefix}.parallel=blocks trains mode caps with standard memory, no compile and no amp")
         _check_positive({f"{prefix}.epochs": self.epochs, f"{prefix}.batch_size": self.batch_size, f"{prefix}.lr": self.lr,
                          f"{prefix}.eval_batch_size": self.eval_batch_size, f"{prefix}.diagnostics_samples": self.diagnostics_samples,
-                         f"{prefix}.dist_timeout": self.dist_timeout})
+                         f"{prefix}.dist_timeout": self.dist_timeout, f"{prefix}.micro_batches": self.micro_batches})
         if self.diagnostics_every < 0:
             raise ConfigError(f"{prefix}.diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
         if self.batch_size < 2:

@@ -51,7 +51,9 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
     device = resolve_device(config.train.device)
     context, device = init_distributed(device, config.train.dist_timeout)
     try:
-        check_global_batch(config.train.batch_size, context)
+        blocks = config.train.parallel == "blocks"
+        if not blocks:
+            check_global_batch(config.train.batch_size, context)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         data = load_image_dataset(config.data)
@@ -59,7 +61,10 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
         model = model_from_config(config, data.num_classes, data.in_shape)
         torch.manual_seed(config.train.seed + 1_000 * context.rank)  # ranks draw different dropout masks
         out_dir = config.out_dir()
-        ranks = f" x {context.world} ranks (global batch {config.train.batch_size})" if context.enabled else ""
+        ranks = ""
+        if context.enabled:
+            ranks = f" x {context.world} ranks, " + (f"block-parallel, {config.train.micro_batches} micro-batches" if blocks
+                                                     else f"data-parallel, global batch {config.train.batch_size}")
         if context.is_main:
             log(
                 f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "
@@ -68,7 +73,7 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
             )
         mean, std = data.channel_stats()
         train = config.train
-        shard = (context.rank, context.world)
+        shard = (0, 1) if blocks else (context.rank, context.world)  # block-parallel: every rank sees the whole batch
         train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
                                    device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device, shard=shard)

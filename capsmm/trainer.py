@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import BatchLoader
+from .block_parallel import BlockParallelCAPs
 from .diagnostics import model_diagnostics
 from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -100,16 +101,22 @@ class Trainer:
         if train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.lean = train.memory == "lean"
+        # block-parallel: this rank trains its own blocks (capsmm.block_parallel)
+        self.stage = None
+        if dist.enabled and train.parallel == "blocks":
+            self.stage = BlockParallelCAPs(self.model, dist, next(iter(self.model.in_shapes.values())), lr=train.lr,
+                                           weight_decay=train.weight_decay, impl=train.adam_impl)
         # data-parallel: DDP averages gradients during backward; the lean step has its own backward,
         # so there gradients are averaged once it is done (average_gradients)
         wrapped = self.model
-        if dist.enabled and not self.lean:
+        if dist.enabled and not self.lean and self.stage is None:
             wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
         self.forward_model = torch.compile(wrapped) if train.compile else wrapped
         self.after_backward = (lambda: average_gradients(self.model, dist)) if dist.enabled and self.lean else None
         self.autocast = autocast_context(device, train.amp)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_adam(trainable, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
+        self.optimizer = self.stage.optimizer if self.stage else make_adam(
+            trainable, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
         self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -127,12 +134,22 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
 
-    def _save(self, epoch: int) -> None:
+    def _gathered_state(self) -> tuple[dict[str, Any], Any]:
+        """(model state, optimiser state) to save; block-parallel ranks each contribute their part
+        (a collective: every rank calls it)."""
+        if self.stage is None:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        model: dict[str, Any] = {}
+        for part in gather_objects(self.dist, self.stage.own_state()):
+            model.update(part)
+        return model, gather_objects(self.dist, self.optimizer.state_dict())
+
+    def _save(self, epoch: int, model_state: dict[str, Any], optimizer_state: Any) -> None:
         save_checkpoint(self.checkpoint_path, {
             "epoch": epoch,
             "config": self.run_config,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "lr_schedule": self.lr_schedule.state_dict(),
             "rng": self._rng_states,
             "history": self.history,
@@ -149,7 +166,8 @@ class Trainer:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        self.optimizer.load_state_dict(optimizer[self.dist.rank] if isinstance(optimizer, list) else optimizer)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         set_rng_state(states[self.dist.rank % len(states)])
@@ -179,25 +197,40 @@ class Trainer:
             disable=None if self.train_config.progress else True,  # None: off when stderr is not a terminal
         )
         for step, (images, labels) in enumerate(bar):
-            output, loss = train_step(
-                self.forward_model, self.optimizer, self.inputs(images), labels,
-                lean=self.lean, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
-            )
-            loss_sum += loss.detach() * len(labels)
-            wrong += (output.logits.detach().argmax(1) != labels).sum()
-            seen += len(labels)
+            if self.stage is not None:
+                loss, logits = self._block_parallel_step(self.inputs(images), labels)
+            else:
+                output, loss = train_step(
+                    self.forward_model, self.optimizer, self.inputs(images), labels,
+                    lean=self.lean, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
+                )
+                logits = output.logits
+            if logits is not None:  # block-parallel: only the last rank has the loss and the logits
+                loss_sum += loss.detach() * len(labels)
+                wrong += (logits.detach().argmax(1) != labels).sum()
+                seen += len(labels)
             if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
                 raise TrainingError(
                     f"the loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step + 1}); "
                     f"the last good checkpoint is epoch {epoch} in {self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
                 )
-            if step % 20 == 0:
+            if step % 20 == 0 and logits is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         if not torch.isfinite(loss_sum):
             raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
         count = torch.tensor(seen, device=self.device)
         all_reduce_sum(self.dist, loss_sum, wrong, count)
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
+
+    def _block_parallel_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.timer.phase("backward"):
+            loss = self.stage.backward(images, labels, self.train_config.micro_batches)
+        with self.timer.phase("step"):
+            self.optimizer.step()
+        if loss is None:
+            return None, None
+        return torch.tensor(loss, device=self.device), torch.cat(self.stage.last_logits)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -206,8 +239,9 @@ class Trainer:
         counts = torch.zeros(2, device=self.device, dtype=torch.long)  # wrong, seen
         for images, labels in self.test_loader:
             with self.autocast:
-                logits = self.model(self.inputs(images)).logits
-            counts += torch.stack([(logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=self.device)])
+                logits = self.stage.predict(self.inputs(images)) if self.stage else self.model(self.inputs(images)).logits
+            if logits is not None:
+                counts += torch.stack([(logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=self.device)])
         all_reduce_sum(self.dist, counts)
         return counts[0].item() / counts[1].item()
 
@@ -236,7 +270,8 @@ class Trainer:
                 self.evaluated_keys |= set(figures)
                 record.update(figures)
             every = self.train_config.diagnostics_every
-            if every and self.diagnostics_batch is not None and self.dist.is_main and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            if (every and self.diagnostics_batch is not None and self.dist.is_main and self.stage is None
+                    and ((epoch + 1) % every == 0 or epoch + 1 == epochs)):
                 began_diagnostics = time.perf_counter()
                 inputs, labels = self.diagnostics_batch
                 record["diagnostics"] = model_diagnostics(self.model, self.inputs(inputs), labels)
@@ -246,10 +281,11 @@ class Trainer:
             self.wall_seconds += record["epoch_seconds"]
             self.history.append(record)
             self._rng_states = gather_objects(self.dist, rng_state())
+            model_state, optimizer_state = self._gathered_state()
             if self.dist.is_main:
                 with open(self.out_dir / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                self._save(epoch + 1)
+                self._save(epoch + 1, model_state, optimizer_state)
             barrier(self.dist)  # every rank has a complete checkpoint behind it before going on
             self.log(
                 f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "
