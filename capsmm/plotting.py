@@ -95,9 +95,9 @@ def plot_block_accuracy(runs: Sequence[RunRecord], path: Path) -> Path:
         blocks = run.series("diagnostics.read_blocks")[1][-1]
         ax.bar([b + (index - (len(runs) - 1) / 2) * width for b in blocks], [100 * a for a in accuracy], width,
                color=f"C{index}", label=run.label())
-    ax.set(xlabel="block", ylabel="accuracy (%)", title="Per-block accuracy (own prototype slice), last epoch")
+    ax.set(xlabel="block", ylabel="accuracy (%)", title="Per-block accuracy (own prototype slice), last epoch", ylim=(0, 118))
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(runs)))
     return _finish(fig, path)
 
 

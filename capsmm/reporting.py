@@ -32,7 +32,8 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     """A markdown table with one row per run (error, params, per-batch forward/backward time)."""
     header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(_fmt(r.get(key), kind) for key, _, kind in COLUMNS) + " |" for r in results]
+    rows = ["| " + " | ".join(method_name(r) if key == "mode" else _fmt(r.get(key), kind) for key, _, kind in COLUMNS) + " |"
+            for r in results]
     return "\n".join([header, rule, *rows])
 
 
