@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .metrics import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
 from .model import CAPModel, build_model
 from .modes import MODES
+from .lean import batchnorm_stats_frozen, lean_forward
 from .step import autocast_context, make_adam, prepare_inputs, train_step
 
 #: data-set name -> (per-sample input shape, classes), so no data need be read to benchmark
@@ -34,8 +35,9 @@ BENCH_MODES: dict[str, tuple[str, str]] = {mode: (mode, "standard") for mode in 
 #: speed options that --options can vary, with their type
 OPTIONS: dict[str, Callable[[str], Any]] = {
     "adam_impl": str, "channels_last": lambda v: v.lower() in ("1", "true", "on", "yes"), "compile": lambda v: v.lower() in ("1", "true", "on", "yes"), "amp": str,
+    "lean_keep": int,  # lean variants only
 }
-DEFAULT_OPTIONS = {"adam_impl": "auto", "channels_last": False, "compile": False, "amp": "none"}
+DEFAULT_OPTIONS = {"adam_impl": "auto", "channels_last": False, "compile": False, "amp": "none", "lean_keep": 0}
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        changed = [f"{k}={v}" for k, v in self.options.items() if DEFAULT_OPTIONS[k] != v]
+        changed = [f"{k}={v}" for k, v in self.options.items() if DEFAULT_OPTIONS[k] != v and (k != "lean_keep" or self.lean)]
         return " ".join([self.mode, *changed])
 
 
@@ -85,7 +87,7 @@ def build_variant(backbone: str, mode: str, options: dict[str, Any], *, in_shape
 
 def _step(variant: Variant, images: Tensor, labels: Tensor, timer: PhaseTimer | None = None) -> None:
     train_step(variant.step_model, variant.optimizer, prepare_inputs(images, variant.options["channels_last"]), labels,
-               lean=variant.lean, timer=timer, autocast=variant.autocast)
+               lean=variant.lean, lean_keep=variant.options["lean_keep"], timer=timer, autocast=variant.autocast)
 
 
 def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *, iters: int, warmup: int) -> None:
@@ -110,28 +112,30 @@ def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *
 
 
 def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[float, float, str]:
-    """(peak MiB of the whole step, peak MiB above the resting state minus gradients, method).
+    """(peak MiB of the whole step, peak MiB of activations and temporaries, method).
 
     Resting state: parameters and optimiser state. The step's peak adds activations, gradients
-    and temporaries; the second figure removes the gradients, leaving activations and temporaries.
+    and temporaries. The second figure is the peak of what the step allocates other than the
+    gradients, replayed from the meter's allocation log (gradients may be allocated after the
+    activation peak, as in lean CAPs, so subtracting them from the peak would under-count).
     """
     device = images.device
     variant.optimizer.zero_grad(set_to_none=True)
     resting = tensor_bytes(variant.model.parameters()) + tensor_bytes(
         t for state in variant.optimizer.state.values() for t in state.values() if isinstance(t, Tensor) and t.device == device)
-    if device.type == "cuda":
+    with TensorMemoryMeter() as meter:
+        _step(variant, images, labels)
+    activations = meter.peak_without(p.grad for p in variant.model.parameters() if p.grad is not None)
+    above, method = meter.peak, "tensor storages alive (TensorMemoryMeter)"
+    if device.type == "cuda":  # the total from the allocator itself, on a second step
+        variant.optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         _step(variant, images, labels)
         torch.cuda.synchronize(device)
-        above, method = torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
-    else:
-        with TensorMemoryMeter() as meter:
-            _step(variant, images, labels)
-        above, method = meter.peak, "tensor storages alive (TensorMemoryMeter)"
-    grads = tensor_bytes(p.grad for p in variant.model.parameters() if p.grad is not None)
-    return (resting + above) / 2**20, (above - grads) / 2**20, method
+        above, method = torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated (activations: TensorMemoryMeter)"
+    return (resting + above) / 2**20, activations / 2**20, method
 
 
 def _median_time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
@@ -175,6 +179,26 @@ def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, 
     return {"weight_grad_ms": weight_ms, "input_grad_ms": input_ms, "floor": weight_ms / (weight_ms + input_ms)}
 
 
+def lean_memory_floor(model: CAPModel, images: Tensor) -> dict[str, float]:
+    """The largest activation memory (MiB, gradients excluded) one block needs on its own: the
+    forward of that block with autograd plus its backward from dL/dm_i.
+
+    Memory-lean CAPs recomputes whole blocks, so its activation peak can't go below this figure
+    (plus the kept block inputs): it shows how far below ``bp`` lean memory can go on a backbone.
+    """
+    model.zero_grad(set_to_none=True)
+    _, state = lean_forward(model.train(), images)
+    peaks = []
+    for kept, leaf in state.recompute:
+        with batchnorm_stats_frozen(kept.block, kept.readout), TensorMemoryMeter() as meter:
+            pattern = kept.pattern()
+            pattern.backward(torch.ones_like(leaf))
+        peaks.append(meter.peak_without(p.grad for p in model.parameters() if p.grad is not None) / 2**20)
+        model.zero_grad(set_to_none=True)
+    block = max(range(len(peaks)), key=peaks.__getitem__)
+    return {"block": block, "block_mib": peaks[block]}
+
+
 def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[dict[str, Any]], *, dataset: str,
                      batch_size: int, iters: int, warmup: int, width_mult: float, device: torch.device,
                      memory: bool = True, floor: bool = True, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, float] | None]:
@@ -186,7 +210,8 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
     images = torch.randn(batch_size, *in_shape, device=device)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     variants = [build_variant(backbone, mode, options, in_shape=in_shape, num_classes=num_classes, width_mult=width_mult, device=device)
-                for options in option_sets for mode in modes]
+                for options in option_sets for mode in modes
+                if BENCH_MODES.get(mode, ("", ""))[1] == "lean" or options["lean_keep"] == DEFAULT_OPTIONS["lean_keep"]]
     log(f"{backbone}: timing {len(variants)} variants x {iters} steps (batch {batch_size}, {device})")
     time_variants(variants, images, labels, iters=iters, warmup=warmup)
     records = []
@@ -200,6 +225,12 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
         if memory:
             record["peak_memory_mib"], record["activation_mib"], record["memory_method"] = peak_step_memory(variant, images, labels)
         records.append(record)
+    lean = next((v for v in variants if v.lean), None)
+    if memory and lean is not None:
+        lean_floor = lean_memory_floor(lean.model, images)
+        for record in records:
+            if BENCH_MODES[record["mode"]][1] == "lean":
+                record["lean_floor_block"], record["lean_floor_mib"] = lean_floor["block"], lean_floor["block_mib"]
     floor_figures = None
     if floor:
         bp = next((v for v in variants if v.mode == "bp"), variants[0])
@@ -208,10 +239,14 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
     return records, floor_figures
 
 
+def _same_speed_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "lean_keep"} == {k: v for k, v in b.items() if k != "lean_keep"}
+
+
 def _add_ratios(records: list[dict[str, Any]]) -> None:
     """Ratios of every record to ``bp`` with the same options (when measured)."""
     for record in records:
-        reference = next((r for r in records if r["mode"] == "bp" and r["options"] == record["options"]), None)
+        reference = next((r for r in records if r["mode"] == "bp" and _same_speed_options(r["options"], record["options"])), None)
         if reference is None:
             continue
         for key in ("forward_ms", "backward_ms", "step_ms", "peak_memory_mib", "activation_mib"):

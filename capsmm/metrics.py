@@ -92,11 +92,30 @@ class TensorMemoryMeter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._live: dict[int, int] = {}
+        self._serial: dict[int, int] = {}  # storage key -> serial number of its live allocation
+        self._events: list[tuple[int, int]] = []  # (allocation serial, +bytes or -bytes), in order
         self.current = 0
         self.peak = 0
 
     def _free(self, key: int) -> None:
-        self.current -= self._live.pop(key, 0)
+        nbytes = self._live.pop(key, 0)
+        self.current -= nbytes
+        if nbytes:
+            self._events.append((self._serial.pop(key), -nbytes))
+
+    def peak_without(self, tensors: Iterable[torch.Tensor]) -> int:
+        """The peak of live bytes had ``tensors`` (still alive, e.g. gradients) never been allocated.
+
+        Subtracting their bytes from :attr:`peak` is wrong when they were allocated after the peak;
+        this replays the allocations instead.
+        """
+        excluded = {self._serial[key] for key in (t.untyped_storage().data_ptr() for t in tensors) if key in self._serial}
+        current = peak = 0
+        for serial, delta in self._events:
+            if serial not in excluded:
+                current += delta
+                peak = max(peak, current)
+        return peak
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -109,6 +128,8 @@ class TensorMemoryMeter(TorchDispatchMode):
             if key == 0 or key in inputs or key in self._live:
                 continue
             self._live[key] = storage.nbytes()
+            self._serial[key] = len(self._events)
+            self._events.append((self._serial[key], storage.nbytes()))
             self.current += storage.nbytes()
             self.peak = max(self.peak, self.current)
             weakref.finalize(storage, self._free, key)

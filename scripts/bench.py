@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from capsmm.benchmark import BENCH_MODES, DATASET_SHAPES, OPTIONS, markdown_table, measure_backbone, parse_options
+from capsmm.benchmark import DEFAULT_OPTIONS, BENCH_MODES, DATASET_SHAPES, OPTIONS, markdown_table, measure_backbone, parse_options
 from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.run import resolve_device
 
@@ -70,7 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         caps = next((r for r in records if r["backbone"] == backbone and r["mode"] == "caps" and "backward_vs_bp" in r), None)
         if caps:
             line += f"; measured {caps['backward_vs_bp']:.2f} (floor + {caps['backward_vs_bp'] - floor['floor']:.2f})"
+        bp = next((r for r in records if r["backbone"] == backbone and r["mode"] == "bp" and r["options"] == DEFAULT_OPTIONS), None)
+        if bp:  # what the stop-gradient can actually remove: the input-gradient time, nothing else
+            line += (f"\n{backbone} with the rest of the backward (batch-norm, ReLU, pooling, which caps still runs): "
+                     f"(bp backward - input-grad) / bp backward = {1 - floor['input_grad_ms'] / bp['backward_ms']:.2f}")
         print(line)
+    for backbone in dict.fromkeys(r["backbone"] for r in records if "lean_floor_mib" in r):
+        lean = next(r for r in records if r["backbone"] == backbone and "lean_floor_mib" in r)
+        bp = next((r for r in records if r["backbone"] == backbone and r["mode"] == "bp" and "activation_mib" in r), None)
+        versus = f" = {lean['lean_floor_mib'] / bp['activation_mib']:.2f}x bp activations" if bp else ""
+        print(f"{backbone} lean floor: block {lean['lean_floor_block'] + 1} alone needs {lean['lean_floor_mib']:.0f} MiB{versus} "
+              "(lean recomputes whole blocks, so its activations can't go below it)")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

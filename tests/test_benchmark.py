@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capsmm.errors import ConfigError
-from capsmm.benchmark import parse_options
+from capsmm.benchmark import measure_backbone, parse_options
 from capsmm.metrics import TensorMemoryMeter
 from conftest import load_script
 
@@ -24,6 +24,20 @@ def test_meter_counts_allocations_until_freed_and_not_views():
     assert meter.current == 2**20
     del a, view
     assert meter.current == 0
+
+
+def test_meter_peak_without_kept_tensors_replays_the_allocations():
+    with TensorMemoryMeter() as meter:
+        temporary = torch.zeros(2 * 1024, 256)  # 2 MiB, freed before the kept tensor exists
+        del temporary
+        kept = torch.zeros(1024, 256)  # 1 MiB, allocated after the peak (like lean's gradients)
+    assert meter.peak == 2 * 2**20
+    assert meter.peak_without([kept]) == 2 * 2**20  # peak - kept bytes would say 1 MiB
+    with TensorMemoryMeter() as meter:
+        kept = torch.zeros(1024, 256)
+        temporary = torch.zeros(2 * 1024, 256)
+        del temporary
+    assert meter.peak == 3 * 2**20 and meter.peak_without([kept]) == 2 * 2**20
 
 
 def test_meter_sees_tensors_saved_for_backward():
@@ -60,3 +74,15 @@ def test_bench_records_and_lean_memory(tmp_path, capsys):
     assert records["caps-lean"]["activation_mib"] < 0.8 * records["caps"]["activation_mib"]
     assert records["caps-lean"]["activation_mib"] < records["bp"]["activation_mib"]
     assert records["caps"]["params_m"] == records["caps-lean"]["params_m"] > records["bp"]["params_m"]
+    # the floor is one block's own working set: a lower bound of what lean measured, above zero
+    assert 0 < records["caps-lean"]["lean_floor_mib"] <= records["caps-lean"]["activation_mib"]
+    assert "lean floor: block" in out
+
+
+def test_lean_keep_is_a_lean_only_option(capsys):
+    records, _ = measure_backbone("mlp", ["bp", "caps-lean"], parse_options(["lean_keep=0,1"]), dataset="digits",
+                                  batch_size=16, iters=1, warmup=0, width_mult=0.05, device=torch.device("cpu"), floor=False,
+                                  log=lambda line: None)
+    assert [r["label"] for r in records] == ["bp", "caps-lean", "caps-lean lean_keep=1"]  # no second bp
+    for lean in records[1:]:
+        assert lean["step_vs_bp"] == pytest.approx(lean["step_ms"] / records[0]["step_ms"])
