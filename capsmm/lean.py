@@ -5,13 +5,19 @@ block's parameters receive gradient only through m_i. So the step can be split:
 
 1. forward without autograd, keeping each block's *input* (and the RNG state its dropout used);
 2. the global loss on the patterns as leaves: one backward gives the head's gradients and dL/dm_i;
-3. block by block: recompute the block with autograd from its kept input (same dropout mask),
-   backpropagate dL/dm_i through it alone, free it.
+3. block by block, deepest first: recompute the block with autograd from its kept input (same
+   dropout mask), backpropagate dL/dm_i through it alone, free it and its input.
 
 The parameter gradients equal plain ``caps`` gradients (same operations, same masks). Batch-norm
 running statistics are updated once, in step 1: each recomputation restores them afterwards.
-Peak activation memory is one activation per block plus one block's autograd graph, instead of
-every block's graph at once.
+Peak activation memory is about the largest single block's forward-and-backward working set
+(``scripts/bench.py`` prints it as the lean floor), instead of every block's graph at once.
+
+The price is a second forward of every recomputed block. ``keep_last`` trades some memory back:
+the last N blocks of each encoder run with autograd in step 1 and keep their graphs (no
+recomputation). In conv backbones those deep blocks hold little activation memory (low resolution)
+but much of the compute, and their graphs are freed (backpropagated first) before the large early
+blocks are recomputed, so the peak hardly moves while the step gets faster.
 """
 
 from __future__ import annotations
@@ -67,40 +73,65 @@ class _KeptBlock:
 
 @dataclass
 class LeanState:
-    """What :func:`lean_forward` keeps for :func:`lean_backward`."""
+    """What :func:`lean_forward` keeps for :func:`lean_backward`: blocks to recompute, each with the
+    leaf standing for its pattern, and the (pattern, leaf) pairs of blocks that kept their graphs."""
 
-    kept: list[_KeptBlock] = field(default_factory=list)
-    leaves: list[Tensor] = field(default_factory=list)
+    recompute: list[tuple[_KeptBlock, Tensor]] = field(default_factory=list)
+    graphs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     device: torch.device = torch.device("cpu")
 
 
-def lean_forward(model: CAPModel, inputs: Tensor | Mapping[str, Tensor]) -> tuple[CAPOutput, LeanState]:
-    """Step 1 and the head of step 2: the model's output, with patterns as autograd leaves."""
+def lean_forward(model: CAPModel, inputs: Tensor | Mapping[str, Tensor], keep_last: int = 0) -> tuple[CAPOutput, LeanState]:
+    """Step 1 and the head of step 2: the model's output, with patterns as autograd leaves.
+
+    ``keep_last``: the last N blocks of each encoder keep their autograd graphs instead of being
+    recomputed (0: every block is recomputed, the least memory).
+    """
     if model.mode not in DETACHED_MODES:
         raise ConfigError(f"memory-lean training needs a detached mode (caps or local), not '{model.mode}'")
+    if keep_last < 0:
+        raise ConfigError(f"train.lean_keep must be >= 0, got {keep_last}")
     state = LeanState()
+    leaves: list[Tensor] = []
     slices: list[int] = []
-    with torch.no_grad():
-        for name, x in model.as_inputs(inputs).items():
-            state.device = x.device
-            readouts, encoder = model.block_readouts(name), model.encoders[name]
-            for index, block in enumerate(encoder.blocks):
-                kept = _KeptBlock(block, readouts[index], encoder, x, _rng_state(x.device))
+    for name, x in model.as_inputs(inputs).items():
+        state.device = x.device
+        readouts, encoder = model.block_readouts(name), model.encoders[name]
+        first_kept = len(encoder.blocks) - keep_last
+        for index, block in enumerate(encoder.blocks):
+            x = x.detach()
+            if index >= first_kept:
                 activation = block(x)
-                state.kept.append(kept)
-                state.leaves.append(readouts[index](encoder.to_channels_first(activation)).requires_grad_())
-                x = activation
-            slices.extend(model.slices[name])
-    return model.score(state.leaves, slices), state
+                pattern = readouts[index](encoder.to_channels_first(activation))
+                leaf = pattern.detach().requires_grad_()
+                state.graphs.append((pattern, leaf))
+            else:
+                kept = _KeptBlock(block, readouts[index], encoder, x, _rng_state(x.device))
+                with torch.no_grad():
+                    activation = block(x)
+                    leaf = readouts[index](encoder.to_channels_first(activation)).requires_grad_()
+                state.recompute.append((kept, leaf))
+            leaves.append(leaf)
+            x = activation
+        slices.extend(model.slices[name])
+    return model.score(leaves, slices), state
 
 
 def lean_backward(loss: Tensor, state: LeanState) -> None:
-    """Step 2's backward (head gradients, dL/dm_i) and step 3 (each block, one at a time)."""
+    """Step 2's backward (head gradients, dL/dm_i), then the blocks that kept their graphs (freeing
+    them), then step 3: each recomputed block, one at a time, from the deepest to the first. The
+    order changes no gradient (each block needs only its own dL/dm_i); deepest first frees each kept
+    input as soon as possible, so when the first block (the largest graph, in conv backbones) is
+    recomputed, no other block's input is still held."""
     loss.backward()
+    while state.graphs:
+        pattern, leaf = state.graphs.pop()
+        pattern.backward(leaf.grad)
+        del pattern, leaf
     resume_rng = _rng_state(state.device)
     try:
-        while state.kept:
-            kept, leaf = state.kept.pop(0), state.leaves.pop(0)
+        while state.recompute:
+            kept, leaf = state.recompute.pop()  # deepest first: each block's input is freed with it
             _set_rng_state(state.device, kept.rng)
             with batchnorm_stats_frozen(kept.block, kept.readout):  # restored after the backward that reads them
                 pattern = kept.pattern()

@@ -51,6 +51,9 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 
 #: config keys (dotted, any section) that may differ between a run and its resumption
 RESUMABLE_SUFFIXES = (".epochs", ".device", ".progress", ".eval_batch_size", ".root")
+#: config keys added after checkpoints were first written, with the value that reproduces a run
+#: whose checkpoint predates them, so that such runs still resume
+ADDED_KEYS = {"train.lean_keep": 0}
 
 
 class Trainer:
@@ -160,6 +163,7 @@ class Trainer:
         """Load the checkpoint in ``out_dir``; returns the number of epochs already done."""
         state = load_checkpoint(self.checkpoint_path)
         saved, current = _flat(state["config"]), _flat(self.run_config)
+        saved = {k: v for k, v in ADDED_KEYS.items() if k in current} | saved
         changed = sorted(k for k in saved.keys() | current.keys()
                          if k != "out" and not k.endswith(RESUMABLE_SUFFIXES) and saved.get(k) != current.get(k))
         if changed:
@@ -202,7 +206,7 @@ class Trainer:
             else:
                 output, loss = train_step(
                     self.forward_model, self.optimizer, self.inputs(images), labels,
-                    lean=self.lean, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
+                    lean=self.lean, lean_keep=self.train_config.lean_keep, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
                 )
                 logits = output.logits
             if logits is not None:  # block-parallel: only the last rank has the loss and the logits
