@@ -33,7 +33,7 @@ def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float 
 
     ``auto`` is ``fused`` when every parameter is a floating tensor on CPU or CUDA, else PyTorch's
     own choice. Why: on this project's 2-core CPU, ``scripts/bench.py`` measured the fused step at
-    20 ms against 144 ms for foreach on the 3x3000 MLP (whole bp step 0.69x) and 12 against 31 ms
+    20 ms against 144 ms for foreach on the 3x3000 MLP (whole bp step 0.74x) and 12 against 31 ms
     on VGG11 (README, Performance). The CUDA side follows PyTorch's documentation (fused is its
     fastest kernel); it was not measured here.
     """
