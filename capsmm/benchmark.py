@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .lean import batchnorm_stats_frozen, lean_forward
 from .metrics import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
 from .model import CAPModel, build_model
 from .modes import MODES
-from .lean import batchnorm_stats_frozen, lean_forward
 from .step import autocast_context, make_adam, prepare_inputs, train_step
 
 #: data-set name -> (per-sample input shape, classes), so no data need be read to benchmark

@@ -90,7 +90,7 @@ def lean_forward(model: CAPModel, inputs: Tensor | Mapping[str, Tensor], keep_la
     if model.mode not in DETACHED_MODES:
         raise ConfigError(f"memory-lean training needs a detached mode (caps or local), not '{model.mode}'")
     if keep_last < 0:
-        raise ConfigError(f"train.lean_keep must be >= 0, got {keep_last}")
+        raise ConfigError(f"keep_last (train.lean_keep) must be >= 0, got {keep_last}")
     state = LeanState()
     leaves: list[Tensor] = []
     slices: list[int] = []
