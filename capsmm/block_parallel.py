@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .distributed import DistContext, communicate
 from .errors import ConfigError
+from .metrics import PhaseTimer, phase_of
 from .model import CAPModel
 from .step import make_adam
 
@@ -57,7 +58,7 @@ class Traffic:
 class _Stage:
     """What the placement gives this rank: its blocks, readouts, shapes, optimiser; the messaging."""
 
-    def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int], lr: float) -> None:
+    def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int]) -> None:
         if len(model.encoders) != 1:
             raise ConfigError("block-parallel training takes a single-encoder model")
         self.model, self.context = model, context
@@ -86,6 +87,10 @@ class _Stage:
         communicate(dist.recv, buffer, source)
         return buffer
 
+    def recv_input(self, batch: int, device: torch.device) -> Tensor:
+        """The activation the previous rank sends into this rank's first block."""
+        return self.recv((batch, *self.output_shapes[self.own.start - 1]), self.context.rank - 1, device)
+
     def flush(self) -> None:
         for work, _ in self.pending:
             communicate(work.wait)
@@ -94,12 +99,16 @@ class _Stage:
     def backward(self, images: Tensor, labels: Tensor, micro_batches: int = 1) -> float | None:
         raise NotImplementedError
 
-    def step(self, images: Tensor, labels: Tensor, micro_batches: int = 1) -> float | None:
+    def step(self, images: Tensor, labels: Tensor, micro_batches: int = 1, timer: PhaseTimer | None = None) -> float | None:
         """:meth:`backward` on one batch (every rank passes the same batch), then this rank's optimiser
-        step on its own parameters. Returns the loss on the last rank, None elsewhere."""
+        step on its own parameters. Returns the loss on the last rank, None elsewhere. With ``timer``
+        the two are timed as phases ``backward`` (forward included: they interleave) and ``step``."""
+        phase = phase_of(timer)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.backward(images, labels, micro_batches)
-        self.optimizer.step()
+        with phase("backward"):
+            loss = self.backward(images, labels, micro_batches)
+        with phase("step"):
+            self.optimizer.step()
         return loss
 
 
@@ -113,7 +122,7 @@ class BlockParallelCAPs(_Stage):
     def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int], lr: float = 5e-4, **adam: Any) -> None:
         if model.mode != "caps":
             raise ConfigError(f"block-parallel CAPs trains a caps model, not '{model.mode}'")
-        super().__init__(model, context, in_shape, lr)
+        super().__init__(model, context, in_shape)
         readouts = model.readouts[self.name]
         self.owned = [*(self.encoder.blocks[i] for i in self.own), *(readouts[i] for i in self.own)]
         if context.rank == self.head_rank:
@@ -130,16 +139,13 @@ class BlockParallelCAPs(_Stage):
     def predict(self, images: Tensor) -> Tensor | None:
         """Forward only, through the ranks: the logits on the last rank, None elsewhere."""
         rank, device = self.context.rank, images.device
-        x = images if rank == 0 else self.recv((len(images), *self.output_shapes[self.own.start - 1]), rank - 1, device)
+        x = images if rank == 0 else self.recv_input(len(images), device)
         out, patterns = self._forward(x)
         if rank < self.context.world - 1:
             self.send(out, rank + 1, "activations")
         logits = None
         if rank == self.head_rank:
-            width = self.model.head.slice_dims[0]
-            gathered = [patterns[b - self.own.start] if self.owner(b) == rank else self.recv((len(images), width), self.owner(b), device)
-                        for b in range(len(self.encoder.blocks))]
-            logits = self.model.head(gathered)
+            logits = self.model.head(self._gather_patterns(patterns, len(images), device))
         else:
             for pattern in patterns:
                 self.send(pattern, self.head_rank, "patterns")
@@ -163,7 +169,7 @@ class BlockParallelCAPs(_Stage):
         graphs, losses = [], []
         for x, y in chunks:
             if rank > 0:
-                x = self.recv((len(y), *self.output_shapes[self.own.start - 1]), rank - 1, device)
+                x = self.recv_input(len(y), device)
             out, patterns = self._forward(x)
             if rank < self.context.world - 1:
                 self.send(out, rank + 1, "activations")
@@ -181,26 +187,24 @@ class BlockParallelCAPs(_Stage):
         self.flush()
         return float(sum(losses)) if losses else None
 
+    def _gather_patterns(self, own_patterns: list[Tensor], batch: int, device: torch.device) -> list[Tensor]:
+        """On the head rank: every block's pattern, in block order (its own, and the others' as received)."""
+        width = self.model.head.slice_dims[0]
+        return [own_patterns[b - self.own.start] if b in self.own else self.recv((batch, width), self.owner(b), device)
+                for b in range(len(self.encoder.blocks))]
+
     def _global_loss(self, own_patterns: list[Tensor], labels: Tensor, device: torch.device, scale: float) -> tuple[Tensor, Tensor]:
         """On the head rank: gather every block's pattern, compute the global loss (weighted by the
         micro-batch's share of the batch), send dL/dm_i home, backpropagate its own."""
-        width = self.model.head.slice_dims[0]
-        leaves, own = [], {}
-        for block in range(len(self.encoder.blocks)):
-            source = self.owner(block)
-            if source == self.context.rank:
-                own[block] = own_patterns[block - self.own.start]
-                leaves.append(own[block].detach().requires_grad_())
-            else:
-                leaves.append(self.recv((len(labels), width), source, device).requires_grad_())
+        leaves = [p.detach().requires_grad_() for p in self._gather_patterns(own_patterns, len(labels), device)]
         head_params = list(self.model.head.parameters())
         logits = self.model.head(leaves)
         loss = F.cross_entropy(logits, labels) * scale
         grads = torch.autograd.grad(loss, [*leaves, *head_params])
         for block, grad in enumerate(grads[:len(leaves)]):
-            if block not in own:
+            if block not in self.own:
                 self.send(grad, self.owner(block), "pattern_grads")
-        torch.autograd.backward([own[b] for b in sorted(own)], [grads[b] for b in sorted(own)])
+        torch.autograd.backward(own_patterns, [grads[b] for b in self.own])
         for param, grad in zip(head_params, grads[len(leaves):]):
             param.grad = grad if param.grad is None else param.grad + grad
         return loss.detach(), logits.detach()
@@ -212,7 +216,7 @@ class PipelineBP(_Stage):
     def __init__(self, model: CAPModel, context: DistContext, in_shape: Sequence[int], lr: float = 5e-4) -> None:
         if model.mode != "bp":
             raise ConfigError(f"pipeline bp trains a bp model, not '{model.mode}'")
-        super().__init__(model, context, in_shape, lr)
+        super().__init__(model, context, in_shape)
         params = [p for i in self.own for p in self.encoder.blocks[i].parameters()]
         if context.rank == context.world - 1:
             params += [*model.readouts[self.name].parameters(), *model.head.parameters()]
@@ -224,7 +228,7 @@ class PipelineBP(_Stage):
         kept, losses = [], []
         for x, y in chunks:
             if rank > 0:
-                x = self.recv((len(y), *self.output_shapes[self.own.start - 1]), rank - 1, device).requires_grad_()
+                x = self.recv_input(len(y), device).requires_grad_()
             out = x
             for i in self.own:
                 out = self.encoder.blocks[i](out)

@@ -76,6 +76,20 @@ def all_reduce_sum(context: DistContext, *values: torch.Tensor) -> None:
             communicate(dist.all_reduce, value, op=dist.ReduceOp.SUM)
 
 
+def average_gradients(model: torch.nn.Module, context: DistContext) -> None:
+    """Average the gradients over the ranks of ``context`` (one flat all-reduce)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    communicate(dist.all_reduce, flat)
+    flat /= context.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def gather_objects(context: DistContext, obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not context.enabled:

@@ -8,8 +8,8 @@ import sys
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -64,6 +64,11 @@ class PhaseTimer:
         medians = {f"{name}_ms": statistics.median(values) for name, values in self.samples.items() if values}
         self.samples.clear()
         return medians
+
+
+def phase_of(timer: PhaseTimer | None) -> Callable[[str], AbstractContextManager[None]]:
+    """``timer.phase``, or a phase that measures nothing when there is no timer."""
+    return timer.phase if timer is not None else (lambda name: nullcontext())
 
 
 def peak_memory_mib(device: torch.device) -> tuple[float, str]:

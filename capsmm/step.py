@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .lean import LeanState, lean_backward, lean_forward
-from .metrics import PhaseTimer
+from .metrics import PhaseTimer, phase_of
 from .model import CAPModel, CAPOutput
 from .objectives import training_loss
 
@@ -82,7 +82,7 @@ def train_step(
     runs between the backward and the optimiser step (data-parallel lean training averages
     gradients there).
     """
-    phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
+    phase = phase_of(timer)
     state: LeanState | None = None
     optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not outlive it
     with phase("forward"), (autocast or contextlib.nullcontext()):
@@ -101,19 +101,3 @@ def train_step(
     with phase("step"):
         optimizer.step()
     return output, loss
-
-
-def average_gradients(model: nn.Module, context: Any) -> None:
-    """Average the gradients over the ranks of ``context`` (one flat all-reduce)."""
-    from .distributed import communicate
-
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    communicate(torch.distributed.all_reduce, flat)
-    flat /= context.world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()

@@ -22,12 +22,12 @@ from .config import TrainConfig
 from .data import BatchLoader
 from .block_parallel import BlockParallelCAPs
 from .diagnostics import model_diagnostics
-from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
+from .distributed import DistContext, all_reduce_sum, average_gradients, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
-from .step import autocast_context, average_gradients, make_adam, prepare_inputs, train_step
+from .step import autocast_context, make_adam, prepare_inputs, train_step
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -147,14 +147,14 @@ class Trainer:
             model.update(part)
         return model, gather_objects(self.dist, self.optimizer.state_dict())
 
-    def _save(self, epoch: int, model_state: dict[str, Any], optimizer_state: Any) -> None:
+    def _save(self, epoch: int, model_state: dict[str, Any], optimizer_state: Any, rng_states: list[dict[str, Any]]) -> None:
         save_checkpoint(self.checkpoint_path, {
             "epoch": epoch,
             "config": self.run_config,
             "model": model_state,
             "optimizer": optimizer_state,
             "lr_schedule": self.lr_schedule.state_dict(),
-            "rng": self._rng_states,
+            "rng": rng_states,
             "history": self.history,
             "wall_seconds": self.wall_seconds,
         })
@@ -227,11 +227,7 @@ class Trainer:
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
 
     def _block_parallel_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.timer.phase("backward"):
-            loss = self.stage.backward(images, labels, self.train_config.micro_batches)
-        with self.timer.phase("step"):
-            self.optimizer.step()
+        loss = self.stage.step(images, labels, self.train_config.micro_batches, timer=self.timer)
         if loss is None:
             return None, None
         return torch.tensor(loss, device=self.device), torch.cat(self.stage.last_logits)
@@ -284,12 +280,12 @@ class Trainer:
             record["epoch_seconds"] = time.perf_counter() - began
             self.wall_seconds += record["epoch_seconds"]
             self.history.append(record)
-            self._rng_states = gather_objects(self.dist, rng_state())
+            rng_states = gather_objects(self.dist, rng_state())
             model_state, optimizer_state = self._gathered_state()
             if self.dist.is_main:
                 with open(self.out_dir / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                self._save(epoch + 1, model_state, optimizer_state)
+                self._save(epoch + 1, model_state, optimizer_state, rng_states)
             barrier(self.dist)  # every rank has a complete checkpoint behind it before going on
             self.log(
                 f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "
