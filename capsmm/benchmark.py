@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import TrainConfig
 from .errors import ConfigError
-from .lean import batchnorm_stats_frozen, lean_forward
+from .layers import batchnorm_stats_frozen
 from .metrics import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
 from .model import CAPModel, build_model
 from .modes import MODES
-from .step import autocast_context, make_adam, prepare_inputs, train_step
+from .strategies import Strategy, build_strategy
+from .strategies.lean import Lean
 
 #: data-set name -> (per-sample input shape, classes), so no data need be read to benchmark
 DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -47,12 +49,16 @@ class Variant:
     backbone: str
     mode: str
     options: dict[str, Any]
-    model: CAPModel
-    step_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    lean: bool
-    autocast: Any
+    strategy: Strategy
     times: dict[str, list[float]] = field(default_factory=lambda: {"forward_ms": [], "backward_ms": [], "optimizer_ms": [], "step_ms": []})
+
+    @property
+    def model(self) -> CAPModel:
+        return self.strategy.model
+
+    @property
+    def lean(self) -> bool:
+        return isinstance(self.strategy, Lean)
 
     @property
     def label(self) -> str:
@@ -77,17 +83,14 @@ def build_variant(backbone: str, mode: str, options: dict[str, Any], *, in_shape
         raise ConfigError(f"unknown bench mode '{mode}'; valid: {', '.join(BENCH_MODES)}")
     train_mode, memory = BENCH_MODES[mode]
     torch.manual_seed(0)
-    model = build_model(backbone, num_classes=num_classes, in_shape=in_shape, mode=train_mode, width_mult=width_mult).to(device)
-    if options["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if options["compile"] and memory == "standard" else model
-    optimizer = make_adam(model.parameters(), lr=lr, impl=options["adam_impl"])
-    return Variant(backbone, mode, options, model, step_model, optimizer, memory == "lean", autocast_context(device, options["amp"]))
+    model = build_model(backbone, num_classes=num_classes, in_shape=in_shape, mode=train_mode, width_mult=width_mult)
+    train = TrainConfig(mode=train_mode, memory=memory, lr=lr, adam_impl=options["adam_impl"], channels_last=options["channels_last"],
+                        compile=options["compile"] and memory == "standard", amp=options["amp"], lean_keep=options["lean_keep"])
+    return Variant(backbone, mode, options, build_strategy(model, train, device))
 
 
 def _step(variant: Variant, images: Tensor, labels: Tensor, timer: PhaseTimer | None = None) -> None:
-    train_step(variant.step_model, variant.optimizer, prepare_inputs(images, variant.options["channels_last"]), labels,
-               lean=variant.lean, lean_keep=variant.options["lean_keep"], timer=timer, autocast=variant.autocast)
+    variant.strategy.step(images, labels, timer)
 
 
 def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *, iters: int, warmup: int) -> None:
@@ -120,15 +123,16 @@ def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[
     activation peak, as in lean CAPs, so subtracting them from the peak would under-count).
     """
     device = images.device
-    variant.optimizer.zero_grad(set_to_none=True)
+    optimizer = variant.strategy.optimizer
+    optimizer.zero_grad(set_to_none=True)
     resting = tensor_bytes(variant.model.parameters()) + tensor_bytes(
-        t for state in variant.optimizer.state.values() for t in state.values() if isinstance(t, Tensor) and t.device == device)
+        t for state in optimizer.state.values() for t in state.values() if isinstance(t, Tensor) and t.device == device)
     with TensorMemoryMeter() as meter:
         _step(variant, images, labels)
     activations = meter.peak_without(p.grad for p in variant.model.parameters() if p.grad is not None)
     above, method = meter.peak, "tensor storages alive (TensorMemoryMeter)"
     if device.type == "cuda":  # the total from the allocator itself, on a second step
-        variant.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -159,7 +163,7 @@ def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, 
     no mode computes the gradient of the images.
     """
     layers: list[tuple[nn.Module, Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: layers.append((mod, inp[0].detach())))
+    hooks = [m.register_forward_hook(lambda mod, inp, out: layers.append((mod, inp[0])))  # under no_grad: no graph to cut
              for m in model.encoders.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
@@ -179,24 +183,26 @@ def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, 
     return {"weight_grad_ms": weight_ms, "input_grad_ms": input_ms, "floor": weight_ms / (weight_ms + input_ms)}
 
 
-def lean_memory_floor(model: CAPModel, images: Tensor) -> dict[str, float]:
+def lean_memory_floor(strategy: Lean, images: Tensor, labels: Tensor) -> dict[str, float]:
     """The largest activation memory (MiB, gradients excluded) one block needs on its own: the
     forward of that block with autograd plus its backward from dL/dm_i.
 
     Memory-lean CAPs recomputes whole blocks, so its activation peak can't go below this figure
     (plus the kept block inputs): it shows how far below ``bp`` lean memory can go on a backbone.
     """
+    model = strategy.model.train()
     model.zero_grad(set_to_none=True)
-    _, state = lean_forward(model.train(), images)
+    _, loss, kept = strategy.forward_loss(images, labels)
+    loss.backward()
     peaks = []
-    for kept, leaf in state.recompute:
-        with batchnorm_stats_frozen(kept.block, kept.readout), TensorMemoryMeter() as meter:
-            pattern = kept.pattern()
-            pattern.backward(torch.ones_like(leaf))
+    for block in kept:
+        modules = (model.encoders[block.modality].blocks[block.index], model.block_readouts(block.modality)[block.index])
+        with batchnorm_stats_frozen(*modules), TensorMemoryMeter() as meter:
+            strategy.recompute(block).backward(torch.ones_like(block.leaf))
         peaks.append(meter.peak_without(p.grad for p in model.parameters() if p.grad is not None) / 2**20)
         model.zero_grad(set_to_none=True)
-    block = max(range(len(peaks)), key=peaks.__getitem__)
-    return {"block": block, "block_mib": peaks[block]}
+    worst = max(range(len(peaks)), key=peaks.__getitem__)
+    return {"block": worst, "block_mib": peaks[worst]}
 
 
 def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[dict[str, Any]], *, dataset: str,
@@ -227,7 +233,7 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
         records.append(record)
     lean = next((v for v in variants if v.lean), None)
     if memory and lean is not None:
-        lean_floor = lean_memory_floor(lean.model, images)
+        lean_floor = lean_memory_floor(lean.strategy, images, labels)
         for record in records:
             if BENCH_MODES[record["mode"]][1] == "lean":
                 record["lean_floor_block"], record["lean_floor_mib"] = lean_floor["block"], lean_floor["block_mib"]

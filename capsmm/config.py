@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import itertools
+import math
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,58 +35,105 @@ import yaml
 from .errors import ConfigError
 
 
-def opt(help: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its help text (shown by ``--help`` and :func:`describe_keys`)."""
-    return field(default=default, default_factory=factory, metadata={"help": help})
+Check = Callable[[str, Any], "str | None"]
+"""A value check: ``check(key, value)`` is None when the value is valid, else the one-line error."""
 
 
-def _check_positive(values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        if value is not None and not value > 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+def opt(help: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, check: Check | None = None) -> Any:
+    """A dataclass field with its help text (shown by ``--help``) and the check its values must pass."""
+    return field(default=default, default_factory=factory, metadata={"help": help, "check": check})
 
 
-def _check_choice(key: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low: float, *, open_low: bool = False) -> Check:
+    sign = ">" if open_low else ">="
+
+    def check(key: str, value: Any) -> str | None:
+        ok = _finite(value) and (value > low if open_low else value >= low)
+        return None if ok else f"{key} must be a finite number {sign} {low:g}, got {value!r}"
+    return check
+
+
+def in_range(low: float, high: float, *, open_high: bool = True) -> Check:
+    bracket = ")" if open_high else "]"
+
+    def check(key: str, value: Any) -> str | None:
+        ok = _finite(value) and low <= value and (value < high if open_high else value <= high)
+        return None if ok else f"{key} must be in [{low:g}, {high:g}{bracket}, got {value!r}"
+    return check
+
+
+non_negative = at_least(0)
+
+
+def one_of(values: Sequence[str] | Callable[[], Sequence[str]]) -> Check:
+    """The value must be one of ``values`` (a callable is asked when checking: registries fill late)."""
+    def check(key: str, value: Any) -> str | None:
+        valid = list(values() if callable(values) else values)
+        if value in valid:
+            return None
+        close = difflib.get_close_matches(str(value), valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown {key} '{value}'{hint}; valid: {', '.join(valid)}"
+    return check
+
+
+def increasing_epochs(key: str, values: Any) -> str | None:
+    ok = all(isinstance(v, int) and v >= 1 for v in values) and all(a < b for a, b in zip(values, values[1:]))
+    return None if ok else f"{key} must be increasing epoch numbers >= 1, got {values!r}"
+
+
+def _registry_names(module: str, name: str) -> Callable[[], list[str]]:
+    """The names of a registry, looked up when checked (importing it at config time would be a cycle)."""
+    def names() -> list[str]:
+        return getattr(importlib.import_module(module), name).names()
+    return names
+
+
+def check_fields(section: Any, prefix: str) -> None:
+    """Run every field's check on ``section``; the first failure is a one-line :class:`ConfigError`."""
+    for f in dataclasses.fields(section):
+        check, value = f.metadata.get("check"), getattr(section, f.name)
+        if check is not None and value is not None:
+            problem = check(f"{prefix}.{f.name}", value)
+            if problem:
+                raise ConfigError(problem)
 
 
 @dataclass
 class DataConfig:
-    name: str = opt('data set: digits (offline, bundled with scikit-learn), mnist, fashion-mnist, kmnist, cifar10, cifar100, imagefolder', "digits")
+    name: str = opt('data set: digits (offline, bundled with scikit-learn), mnist, fashion-mnist, kmnist, cifar10, cifar100, '
+                    'imagefolder, hf-disk', "digits", check=one_of(_registry_names("capsmm.data", "DATASETS")))
     root: str | None = opt('data root; default $CAPSMM_DATA, else ./data. torchvision sets live in <root>/torchvision', None)
-    path: str | None = opt('imagefolder only: folder with train/ and test/ (absolute, or relative to the data root; default: the root)', None)
+    path: str | None = opt('imagefolder, hf-disk: folder of the set (absolute, or relative to the data root; default: the root)', None)
     download: bool = opt('download torchvision data sets that are missing (needs internet)', True)
-    train_subset: int | None = opt('use only the first N training samples', None)
-    test_subset: int | None = opt('use only the first N test samples', None)
-    image_size: int = opt('imagefolder only: images are resized to image_size x image_size', 32)
+    train_subset: int | None = opt('use only the first N training samples', None, check=at_least(1))
+    test_subset: int | None = opt('use only the first N test samples', None, check=at_least(1))
+    image_size: int = opt('imagefolder, hf-disk: images are resized to image_size x image_size', 32, check=in_range(1, 4096, open_high=False))
     augment: bool = opt('random crop (padding size/8) + horizontal flip on training batches; off in the paper', False)
 
     def validate(self, prefix: str) -> None:
-        from .data import DATASETS
-
-        DATASETS.get(self.name)
-        _check_positive({f"{prefix}.image_size": self.image_size, f"{prefix}.train_subset": self.train_subset,
-                         f"{prefix}.test_subset": self.test_subset})
+        check_fields(self, prefix)
 
 
 @dataclass
 class AudioDataConfig:
-    name: str = opt("audio data set: fsdd (Free Spoken Digit Dataset), audiofolder", "fsdd")
+    name: str = opt("audio data set: fsdd (Free Spoken Digit Dataset), audiofolder, hf-disk", "fsdd",
+                    check=one_of(_registry_names("capsmm.data", "AUDIO_DATASETS")))
     root: str | None = opt("data root; default $CAPSMM_DATA, else ./data. fsdd lives in <root>/fsdd", None)
     path: str | None = opt("folder of the set (absolute, or relative to the root); fsdd default <root>/fsdd, audiofolder default <root>", None)
     test_speakers: list[str] | None = opt("fsdd: speakers held out for testing (all their recordings); default: the take rule (takes 0-4 test)", None)
-    sample_rate: int = opt("waveforms are resampled to this rate (Hz)", 8000)
-    duration: float = opt("seconds per clip: longer ones are centre-cropped, shorter ones zero-padded at the end", 1.0)
-    train_subset: int | None = opt("use only the first N training clips", None)
-    test_subset: int | None = opt("use only the first N test clips", None)
+    sample_rate: int = opt("waveforms are resampled to this rate (Hz)", 8000, check=in_range(100, 384_000, open_high=False))
+    duration: float = opt("seconds per clip: longer ones are centre-cropped, shorter ones zero-padded at the end", 1.0,
+                          check=in_range(0.01, 600, open_high=False))
+    train_subset: int | None = opt("use only the first N training clips", None, check=at_least(1))
+    test_subset: int | None = opt("use only the first N test clips", None, check=at_least(1))
 
     def validate(self, prefix: str) -> None:
-        from modalities.audio import AUDIO_DATASETS
-
-        AUDIO_DATASETS.get(self.name)
-        _check_positive({f"{prefix}.sample_rate": self.sample_rate, f"{prefix}.duration": self.duration,
-                         f"{prefix}.train_subset": self.train_subset, f"{prefix}.test_subset": self.test_subset})
+        check_fields(self, prefix)
 
     @property
     def length(self) -> int:
@@ -93,11 +142,12 @@ class AudioDataConfig:
 
 @dataclass
 class EncoderConfig:
-    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19; audio audio-cnn', "mlp")
-    width_mult: float = opt("channel / unit multiplier (the paper's 1x, 2x, 4x)", 1.0)
-    depth: int | None = opt('mlp only: number of hidden layers (default 3)', None)
-    hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None)
-    dropout: float = opt('dropout at the end of every block', 0.2)
+    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19; audio audio-cnn', "mlp",
+                        check=one_of(_registry_names("capsmm.encoder", "ENCODERS")))
+    width_mult: float = opt("channel / unit multiplier (the paper's 1x, 2x, 4x)", 1.0, check=in_range(1e-3, 64, open_high=False))
+    depth: int | None = opt('mlp only: number of hidden layers (default 3)', None, check=in_range(1, 1000, open_high=False))
+    hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None, check=in_range(1, 10**6, open_high=False))
+    dropout: float = opt('dropout at the end of every block', 0.2, check=in_range(0, 1))
     source: str | None = opt('hf-* backbones: local directory of a transformers model (save_pretrained)', None)
 
     def encoder_options(self) -> dict[str, Any]:
@@ -116,33 +166,31 @@ class EncoderConfig:
         return options
 
     def validate(self, prefix: str, modality: str) -> None:
-        from .encoder import encoder_modality
+        from .encoder import encoder_modality, encoder_options
 
+        check_fields(self, prefix)
         found = encoder_modality(self.backbone)
         if found != modality:
             raise ConfigError(f"{prefix}.backbone '{self.backbone}' encodes {found}, not {modality}")
-        _check_positive({f"{prefix}.width_mult": self.width_mult})
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {self.dropout}")
+        taken = encoder_options(self.backbone)
+        for key in sorted(set(self.encoder_options()) - set(taken)):
+            raise ConfigError(f"{prefix}.{key} does not apply to backbone '{self.backbone}' (it takes: {', '.join(taken) or 'none'})")
 
 
 @dataclass
 class HeadConfig:
-    pattern_width: int = opt("width of each block's CAP vector after pooling", 1024)
-    readout_norm: str = opt('normalisation of each CAP vector: batchnorm, layernorm, none', "batchnorm")
-    head: str = opt('class prototype scores: cosine (eq. 7, with temperature) or template (Algorithm 1)', "cosine")
-    temperature: float = opt('tau of the cosine head', 0.1)
+    pattern_width: int = opt("width of each block's CAP vector after pooling", 1024, check=in_range(1, 2**20, open_high=False))
+    readout_norm: str = opt('normalisation of each CAP vector: batchnorm, layernorm, none', "batchnorm",
+                            check=one_of(("batchnorm", "layernorm", "none")))
+    head: str = opt('class prototype scores: cosine (eq. 7, with temperature) or template (Algorithm 1)', "cosine",
+                    check=one_of(("cosine", "template")))
+    temperature: float = opt('tau of the cosine head', 0.1, check=in_range(1e-4, 1e4, open_high=False))
 
     def head_options(self) -> dict[str, Any]:
         return {"pattern_width": self.pattern_width, "readout_norm": self.readout_norm, "head": self.head, "temperature": self.temperature}
 
     def validate(self, prefix: str) -> None:
-        from .prototypes import HEADS
-        from .readout import READOUT_NORMS
-
-        _check_choice(f"{prefix}.readout_norm", self.readout_norm, READOUT_NORMS)
-        _check_choice(f"{prefix}.head", self.head, HEADS)
-        _check_positive({f"{prefix}.pattern_width": self.pattern_width})
+        check_fields(self, prefix)
 
 
 @dataclass
@@ -154,58 +202,57 @@ class ModelConfig(EncoderConfig, HeadConfig):
         HeadConfig.validate(self, prefix)
 
 
+def _mode_check(key: str, value: Any) -> str | None:
+    from .modes import ModeSchedule
+
+    try:
+        ModeSchedule.parse(value)
+    except ConfigError as error:
+        return f"{key}: {error}"
+    return None
+
+
+def _device_check(key: str, value: Any) -> str | None:
+    return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else f"{key} '{value}' is not one of auto, cpu, cuda, cuda:N, mps"
+
+
 @dataclass
 class TrainConfig:
-    mode: str = opt('bp, caps, caps-full, local, or a schedule such as caps:0.9,caps-full', "caps")
-    epochs: int = opt('number of epochs', 10)
-    batch_size: int = opt('training batch size', 128)
-    lr: float = opt('Adam learning rate', 5e-4)
-    weight_decay: float = opt('Adam weight decay', 0.0)
-    lr_milestones: list[int] = opt('epochs at which the learning rate is multiplied by lr_gamma (MultiStepLR)', factory=list)
-    lr_gamma: float = opt('learning-rate factor at each milestone', 0.1)
-    seed: int = opt('seed of initialisation, batch order, pairing, dropout and augmentation', 0)
-    device: str = opt('auto (CUDA when available), cpu, cuda, cuda:N', "auto")
-    memory: str = opt('standard, or lean: exact caps/local gradients recomputing one block at a time (less memory)', "standard")
-    lean_keep: int = opt('with memory=lean: the last N blocks of each encoder keep their graphs instead of being recomputed (faster, a little more memory)', 0)
-    adam_impl: str = opt('Adam kernel: auto (fused on CPU and CUDA, the fastest measured), foreach, fused, for-loop', "auto")
+    mode: str = opt('bp, caps, caps-full, local, or a schedule such as caps:0.9,caps-full', "caps", check=_mode_check)
+    epochs: int = opt('number of epochs', 10, check=in_range(1, 10**6, open_high=False))
+    batch_size: int = opt('training batch size (the global batch under torchrun; at least 2: batch statistics need two samples)', 128,
+                          check=in_range(2, 2**24, open_high=False))
+    lr: float = opt('Adam learning rate', 5e-4, check=in_range(1e-12, 10, open_high=False))
+    weight_decay: float = opt('Adam weight decay', 0.0, check=in_range(0, 10, open_high=False))
+    lr_milestones: list[int] = opt('epochs at which the learning rate is multiplied by lr_gamma (MultiStepLR)', factory=list,
+                                   check=increasing_epochs)
+    lr_gamma: float = opt('learning-rate factor at each milestone', 0.1, check=in_range(1e-6, 1, open_high=False))
+    seed: int = opt('seed of initialisation, batch order, pairing, dropout and augmentation', 0, check=in_range(0, 2**32))
+    device: str = opt('auto (CUDA when available), cpu, cuda, cuda:N', "auto", check=_device_check)
+    memory: str = opt('standard, or lean: exact caps/local gradients recomputing one block at a time (less memory)', "standard",
+                      check=one_of(_registry_names("capsmm.strategies", "MEMORY")))
+    lean_keep: int = opt('with memory=lean: the last N blocks of each encoder keep their graphs instead of being recomputed (faster, a little more memory)', 0,
+                         check=non_negative)
+    adam_impl: str = opt('Adam kernel: auto (fused on CPU and CUDA, the fastest measured), foreach, fused, for-loop', "auto",
+                         check=one_of(("auto", "foreach", "fused", "for-loop")))
     channels_last: bool = opt('channels-last memory format for conv backbones', False)
     compile: bool = opt('torch.compile the model (standard memory only)', False)
-    amp: str = opt('autocast dtype: none or bf16', "none")
-    eval_batch_size: int = opt('batch size for evaluation', 1000)
-    diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0)
-    diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512)
+    amp: str = opt('autocast dtype of blocks, readouts and head: none or bf16', "none", check=one_of(("none", "bf16")))
+    eval_batch_size: int = opt('batch size for evaluation', 1000, check=in_range(1, 2**24, open_high=False))
+    diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0,
+                                 check=non_negative)
+    diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512,
+                                   check=in_range(2, 2**20, open_high=False))
     progress: bool = opt('show a tqdm progress bar per epoch', True)
-    parallel: str = opt('under torchrun: data (DistributedDataParallel) or blocks (block-parallel caps: each rank trains a run of blocks)', "data")
-    micro_batches: int = opt('block-parallel: micro-batches per batch, so that the ranks work at the same time', 1)
-    sync_batchnorm: bool = opt('data-parallel on CUDA: batch statistics over the global batch (SyncBatchNorm)', False)
-    dist_timeout: float = opt('data-parallel: seconds a rank waits for the others before failing', 300.0)
+    parallel: str = opt('under torchrun: data (each rank a share of every batch) or blocks (each rank a run of blocks: '
+                        'block-parallel for caps/local, a pipeline for bp)', "data", check=one_of(_registry_names("capsmm.strategies", "PARALLEL")))
+    micro_batches: int = opt('parallel=blocks: micro-batches per batch, so that the ranks work at the same time '
+                             '(batch norm then sees micro-batch statistics)', 1, check=in_range(1, 2**20, open_high=False))
+    sync_batchnorm: bool = opt('parallel=data on CUDA: batch statistics over the global batch (SyncBatchNorm)', False)
+    dist_timeout: float = opt('under torchrun: seconds a rank waits for the others before failing', 300.0, check=in_range(1, 86_400, open_high=False))
 
     def validate(self, prefix: str = "train") -> None:
-        from .modes import DETACHED_MODES, ModeSchedule
-        from .step import ADAM_IMPLS, AMP_DTYPES
-
-        schedule = ModeSchedule.parse(self.mode)
-        _check_choice(f"{prefix}.memory", self.memory, ("standard", "lean"))
-        _check_choice(f"{prefix}.adam_impl", self.adam_impl, ADAM_IMPLS)
-        _check_choice(f"{prefix}.amp", self.amp, AMP_DTYPES)
-        if self.memory == "lean" and not set(schedule.modes) <= DETACHED_MODES:
-            raise ConfigError(f"{prefix}.memory=lean needs caps or local throughout; {prefix}.mode is '{self.mode}'")
-        if self.memory == "lean" and self.compile:
-            raise ConfigError(f"{prefix}.compile applies to {prefix}.memory=standard only")
-        _check_choice(f"{prefix}.parallel", self.parallel, ("data", "blocks"))
-        if self.parallel == "blocks" and (set(schedule.modes) != {"caps"} or self.memory != "standard" or self.compile or self.amp != "none"):
-            raise ConfigError(f"{prefix}.parallel=blocks trains mode caps with standard memory, no compile and no amp")
-        _check_positive({f"{prefix}.epochs": self.epochs, f"{prefix}.batch_size": self.batch_size, f"{prefix}.lr": self.lr,
-                         f"{prefix}.eval_batch_size": self.eval_batch_size, f"{prefix}.diagnostics_samples": self.diagnostics_samples,
-                         f"{prefix}.dist_timeout": self.dist_timeout, f"{prefix}.micro_batches": self.micro_batches})
-        if self.lean_keep < 0:
-            raise ConfigError(f"{prefix}.lean_keep must be >= 0, got {self.lean_keep}")
-        if self.diagnostics_every < 0:
-            raise ConfigError(f"{prefix}.diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
-        if self.batch_size < 2:
-            raise ConfigError(f"{prefix}.batch_size must be at least 2 (batch statistics need two samples)")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"{prefix}.device '{self.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+        check_fields(self, prefix)
 
 
 @dataclass
@@ -221,10 +268,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "RunConfig":
-        """Check values that the types alone do not (names, ranges); returns ``self``."""
+        """Check what the types alone do not (names, ranges, combinations), before any data is
+        loaded; the first problem is a one-line :class:`ConfigError`. Returns ``self``."""
+        from .strategies import Setup, check_setup
+
         self.data.validate("data")
         self.model.validate("model")
         self.train.validate("train")
+        check_setup(Setup.of(self.train))
         return self
 
     def out_dir(self) -> Path:
@@ -239,20 +290,20 @@ FUSIONS = ("joint", "late", "concat-bp")
 @dataclass
 class MultimodalConfig:
     fusion: str = opt("joint: one prototype space over every modality's CAP blocks; late: independent single-modality models, "
-                      "mean of their class probabilities; concat-bp: end-to-end bp, last blocks concatenated, linear head", "joint")
+                      "mean of their class probabilities; concat-bp: end-to-end bp, last blocks concatenated, linear head", "joint",
+                      check=one_of(FUSIONS))
     modalities: list[str] = opt("modalities to train on (one of them alone = a single-modality baseline)", factory=lambda: ["audio", "image"])
     anchor: str = opt("the modality whose training samples make an epoch; the others are paired to them by class", "audio")
-    pairing: str = opt("class: a random same-class partner (redrawn each training epoch, fixed for test); row: sample i with sample i", "class")
-    modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0)
+    pairing: str = opt("class: a random same-class partner (redrawn each training epoch, fixed for test); row: sample i with sample i", "class",
+                       check=one_of(("class", "row")))
+    modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0,
+                                  check=in_range(0, 1))
     extend_from: str | None = opt("run folder of a trained joint model: freeze it and train only the modalities it lacks", None)
 
     def validate(self, prefix: str) -> None:
-        _check_choice(f"{prefix}.fusion", self.fusion, FUSIONS)
-        _check_choice(f"{prefix}.pairing", self.pairing, ("class", "row"))
+        check_fields(self, prefix)
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"{prefix}.modalities must name distinct modalities, got {self.modalities}")
-        if not 0 <= self.modality_dropout < 1:
-            raise ConfigError(f"{prefix}.modality_dropout must be in [0, 1), got {self.modality_dropout}")
 
 
 @dataclass
@@ -266,26 +317,31 @@ class MultimodalRunConfig:
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
-    out: str | None = opt("output folder (default runs/mm_<image>_<audio>_<fusion>_<mode>)", None)
+    out: str | None = opt("output folder (default runs/mm_<modalities>_<fusion>_<mode>)", None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> "MultimodalRunConfig":
-        self.multimodal.validate("multimodal")
+        """As :meth:`RunConfig.validate`, for every modality of the run and the fusion's combinations."""
+        from .strategies import Setup, check_setup
+
+        mm = self.multimodal
+        mm.validate("multimodal")
         self.train.validate("train")
         self.model.validate("model")
-        for modality in self.multimodal.modalities:
+        for modality in mm.modalities:
             if modality not in ("image", "audio"):
                 raise ConfigError(f"multimodal.modalities: '{modality}' is not image or audio (other modalities: use the Python API)")
             getattr(self, modality).validate(modality)
             getattr(self, f"{modality}_model").validate(f"{modality}_model", modality)
-        if self.multimodal.anchor not in self.multimodal.modalities:
-            raise ConfigError(f"multimodal.anchor '{self.multimodal.anchor}' is not one of multimodal.modalities {self.multimodal.modalities}")
-        if self.multimodal.fusion == "concat-bp" and _schedule_modes(self.train.mode) != {"bp"}:
+        if mm.anchor not in mm.modalities:
+            raise ConfigError(f"multimodal.anchor '{mm.anchor}' is not one of multimodal.modalities {mm.modalities}")
+        if mm.fusion == "concat-bp" and _schedule_modes(self.train.mode) != {"bp"}:
             raise ConfigError(f"fusion concat-bp is end-to-end bp: set --mode bp (got '{self.train.mode}')")
-        if self.multimodal.fusion == "late" and self.train.memory == "lean":
-            raise ConfigError("train.memory=lean is for joint and single models, not late fusion")
+        if mm.extend_from and mm.fusion != "joint":
+            raise ConfigError("multimodal.extend_from adds modalities to a joint model: set multimodal.fusion=joint")
+        check_setup(Setup.of(self.train, encoders=len(mm.modalities), frozen=bool(mm.extend_from), fusion=mm.fusion))
         return self
 
     def out_dir(self) -> Path:

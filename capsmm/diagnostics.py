@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lean import batchnorm_stats_frozen
+from .layers import batchnorm_stats_frozen
 from .model import CAPModel
 from .modes import reads_all_blocks
 from .objectives import training_loss
@@ -137,11 +137,9 @@ def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], la
 def activation_patterns(model: CAPModel, inputs: Tensor | dict[str, Tensor], pattern_width: int) -> list[Tensor]:
     """Every block's activation pooled to the readout geometry, without normalisation (any mode)."""
     patterns = []
-    for name, x in model.as_inputs(inputs).items():
-        encoder = model.encoders[name]
-        activations = encoder.forward_blocks(x, detach=True)
-        for activation in map(encoder.to_channels_first, activations):
-            patterns.append(CAPReadout(activation.shape[1:], pattern_width, norm="none").pool(activation))
+    for block in model.iter_blocks(inputs):
+        activation = model.encoders[block.modality].to_channels_first(block.activation).float()
+        patterns.append(CAPReadout(activation.shape[1:], pattern_width, norm="none").pool(activation))
     return patterns
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ class DistContext:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 def init_distributed(device: torch.device, timeout_s: float) -> tuple[DistContext, torch.device]:
@@ -76,18 +77,45 @@ def all_reduce_sum(context: DistContext, *values: torch.Tensor) -> None:
             communicate(dist.all_reduce, value, op=dist.ReduceOp.SUM)
 
 
-def average_gradients(model: torch.nn.Module, context: DistContext) -> None:
-    """Average the gradients over the ranks of ``context`` (one flat all-reduce)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
+def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistContext, buffers: Iterable[torch.Tensor] = ()) -> None:
+    """Average gradients, and floating buffers (batch-norm running statistics), over the ranks of
+    ``context`` in one flat all-reduce.
+
+    A parameter that has no gradient on any rank keeps none (Adam skips it, as it would in one
+    process); one that has a gradient on some ranks only counts zeros for the others. Averaging the
+    running means of equal shards gives exactly the running mean of the global batch.
+    """
+    params = list(parameters)
+    floating = [b for b in buffers if b.is_floating_point()]
+    if not params and not floating:
         return
-    flat = torch.cat([g.flatten() for g in grads])
+    device = (params or floating)[0].device
+    flat = torch.cat([
+        *(p.grad.flatten().float() if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params),
+        torch.tensor([float(p.grad is not None) for p in params], device=device),
+        *(b.flatten().float() for b in floating),
+    ])
     communicate(dist.all_reduce, flat)
     flat /= context.world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    offset = sum(p.numel() for p in params)
+    present = flat[offset:offset + len(params)].tolist()
+    start = 0
+    for p, share in zip(params, present):
+        p.grad = flat[start:start + p.numel()].view_as(p).to(p.dtype).clone() if share > 0 else None
+        start += p.numel()
+    start = offset + len(params)
+    with torch.no_grad():
+        for b in floating:
+            b.copy_(flat[start:start + b.numel()].view_as(b))
+            start += b.numel()
+
+
+def world_size() -> int:
+    """The number of ranks torchrun launched (1 without torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def gather_objects(context: DistContext, obj: Any) -> list[Any]:

@@ -1,15 +1,19 @@
 """CAP encoders: a modality's backbone as an explicit chain of blocks.
 
-A *block* is the unit between two stop-gradients. :meth:`CAPEncoder.forward_blocks` returns every
-block's activation, and in the detached modes feeds each block the previous activation through
-``detach()``: that one line is where CAPs cuts the gradient (timm's ``forward_intermediates``
-shape, no hooks).
+A *block* is the unit between two stop-gradients. :meth:`CAPEncoder.iter_blocks` is the one loop
+over a chain of blocks in capsmm, and in the cut modes it feeds each block the previous activation
+through ``detach()``: that one line is where CAPs cuts the gradient (timm's
+``forward_intermediates`` shape, no hooks). The model's forward, memory-lean recomputation,
+block-parallel stages and the diagnostics all run blocks through it
+(:meth:`capsmm.model.CAPModel.iter_blocks` adds the readouts and the autocast context).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,18 +35,29 @@ class CAPEncoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward_blocks(self, x: Tensor, *, detach: bool) -> list[Tensor]:
-        """All blocks' activations, in order. With ``detach`` no gradient crosses a block boundary."""
-        activations = []
-        for block in self.blocks:
-            x = block(x)
-            activations.append(x)
-            if detach:
-                x = x.detach()  # the stop-gradient of CAPs
-        return activations
+    def iter_blocks(
+        self, x: Tensor, *, cut: bool, start: int = 0, stop: int | None = None,
+        context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Run blocks ``start`` .. ``stop - 1`` on ``x`` (the input of block ``start``), yielding
+        ``(index, block input, activation)`` for each, in order.
+
+        With ``cut`` no gradient crosses a block boundary: each block reads its input through the
+        stop-gradient below. Each block runs inside ``context()`` (the model's autocast).
+        """
+        stop = len(self.blocks) if stop is None else stop
+        for index in range(start, stop):
+            if cut:
+                x = x.detach()  # the stop-gradient of CAPs: no gradient from block `index` reaches an earlier block
+            with context():
+                activation = self.blocks[index](x)
+            yield index, x, activation
+            x = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_blocks(x, detach=False)[-1]
+        for _, _, x in self.iter_blocks(x, cut=False):
+            pass
+        return x
 
     def to_channels_first(self, activation: Tensor) -> Tensor:
         """A block's activation as (B, C, *spatial) for its readout.
@@ -64,7 +79,7 @@ class CAPEncoder(nn.Module):
         try:
             device = next((p.device for p in self.parameters()), torch.device("cpu"))
             probe = self.probe_input(in_shape, device)
-            return [tuple(self.to_channels_first(a).shape[1:]) for a in self.forward_blocks(probe, detach=True)]
+            return [tuple(self.to_channels_first(a).shape[1:]) for _, _, a in self.iter_blocks(probe, cut=True)]
         finally:
             self.train(was_training)
 
@@ -72,7 +87,7 @@ class CAPEncoder(nn.Module):
 EncoderBuilder = Callable[..., CAPEncoder]
 
 #: backbone name -> keyword-only builder ``(*, in_shape, **options) -> CAPEncoder``
-ENCODERS: Registry[EncoderBuilder] = Registry("backbone", builtin_modules=("modalities.image", "modalities.audio", "modalities.hf.encoder"))
+ENCODERS: Registry[EncoderBuilder] = Registry("backbone")
 
 
 def register_encoder(name: str, modality: str) -> Callable[[EncoderBuilder], EncoderBuilder]:

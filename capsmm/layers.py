@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 POOL = "M"
@@ -32,3 +34,21 @@ def conv_blocks(in_channels: int, channels: Sequence[int | str], width_mult: flo
         blocks.append(nn.Sequential(*layers))
         in_channels = out_channels
     return blocks
+
+
+@contextmanager
+def batchnorm_stats_frozen(*modules: nn.Module) -> Iterator[None]:
+    """Run a forward in training mode without changing any batch-norm running statistics.
+
+    Recomputing a block (memory-lean training) or taking a second gradient on the same batch
+    (diagnostics) must not count the batch twice in the running statistics.
+    """
+    norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in norm.buffers()] for norm in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in zip(norms, saved):
+                for live, old in zip(norm.buffers(), buffers):
+                    live.copy_(old)

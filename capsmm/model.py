@@ -7,9 +7,11 @@ the mode (:mod:`capsmm.modes`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
@@ -28,6 +30,25 @@ class CAPOutput(NamedTuple):
     """Per-block CAP vectors (B, d_i) that feed the head, in block order (modalities sorted by name)."""
     block_logits: list[Tensor] | None = None
     """``local`` mode only: each block's scores against its own prototype slice; the loss sums their CEs."""
+
+
+class BlockPass(NamedTuple):
+    """One block's work in a pass of :meth:`CAPModel.iter_blocks`."""
+
+    modality: str
+    index: int
+    """the block's index within its encoder"""
+    input: Tensor
+    """what the block read (through the stop-gradient in the cut modes)"""
+    activation: Tensor
+    pattern: Tensor | None
+    """its CAP vector (B, width), or None for a block without readout (``bp``'s inner blocks)"""
+    slice: int | None
+    """the prototype slice the pattern fills"""
+
+
+#: ``train.amp`` value -> autocast dtype (``none``: full precision)
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
 
 
 class CAPModel(nn.Module):
@@ -71,6 +92,8 @@ class CAPModel(nn.Module):
         self.slices: dict[str, tuple[int, ...]] = {}
         #: modalities whose parameters and statistics are frozen (see :meth:`freeze`)
         self.frozen: set[str] = set()
+        #: autocast dtype of blocks, readouts and head (``train.amp``); see :meth:`set_precision`
+        self.amp = "none"
         slice_dims = [self._add_readouts(name) for name in self.encoders]
         self.head = PrototypeHead(num_classes, [d for dims in slice_dims for d in dims], head, temperature)
         offset = 0
@@ -142,6 +165,22 @@ class CAPModel(nn.Module):
             raise ConfigError(f"cannot switch a '{self._mode}' model to '{mode}': they need different heads")
         self._mode = mode
 
+    def set_precision(self, amp: str) -> None:
+        """Run blocks, readouts and the head under autocast to ``amp`` (``none`` or ``bf16``)."""
+        if amp not in AMP_DTYPES:
+            raise ConfigError(f"unknown train.amp '{amp}'; valid: {', '.join(AMP_DTYPES)}")
+        self.amp = amp
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context every block, readout and head computation runs in."""
+        dtype = AMP_DTYPES[self.amp]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+    @property
+    def cuts(self) -> bool:
+        """Whether the current mode cuts the gradient between blocks."""
+        return self._mode in DETACHED_MODES
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.encoders)
@@ -171,24 +210,41 @@ class CAPModel(nn.Module):
         """Block index -> its readout, for the blocks of ``modality`` that have one."""
         return dict(zip(self.read_blocks[modality], self.readouts[modality]))
 
+    def iter_blocks(self, inputs: Tensor | Mapping[str, Tensor], *, start: int = 0, stop: int | None = None,
+                    cut: bool | None = None) -> Iterator[BlockPass]:
+        """The one way capsmm runs a model's blocks: each modality's blocks ``start`` .. ``stop - 1``
+        (``inputs`` holds what enters block ``start``), in pattern order, each block and its readout
+        under the model's autocast, its input cut off from earlier blocks when the mode cuts
+        (``cut`` overrides the mode: the diagnostics compare both)."""
+        cut = self.cuts if cut is None else cut
+        for name, x in self.as_inputs(inputs).items():
+            encoder, readouts = self.encoders[name], self.block_readouts(name)
+            slices = dict(zip(self.read_blocks[name], self.slices[name]))
+            device = x.device
+            context = lambda: self.autocast(device)  # noqa: E731
+            for index, block_input, activation in encoder.iter_blocks(x, cut=cut, start=start, stop=stop, context=context):
+                pattern = None
+                if index in readouts:
+                    with context():
+                        pattern = readouts[index](encoder.to_channels_first(activation))
+                yield BlockPass(name, index, block_input, activation, pattern, slices.get(index))
+
     def score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
-        """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``."""
-        if self._mode == "local":
-            block_logits = [self.head([p], [s]) for p, s in zip(patterns, slices)]
-            return CAPOutput(block_logits[-1], list(patterns), block_logits)
-        return CAPOutput(self.head(patterns, slices), list(patterns))
+        """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``.
+
+        The head runs under the model's autocast; logits of a lower-precision autocast come back in
+        float32, so the loss is computed in full precision whatever the autocast dtype.
+        """
+        upcast = (lambda t: t.float()) if self.amp != "none" else (lambda t: t)
+        with self.autocast(patterns[0].device):
+            if self._mode == "local":
+                block_logits = [upcast(self.head([p], [s])) for p, s in zip(patterns, slices)]
+                return CAPOutput(block_logits[-1], list(patterns), block_logits)
+            return CAPOutput(upcast(self.head(patterns, slices)), list(patterns))
 
     def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> CAPOutput:
-        detach = self._mode in DETACHED_MODES
-        patterns: list[Tensor] = []
-        slices: list[int] = []
-        for name, x in self.as_inputs(inputs).items():
-            encoder = self.encoders[name]
-            activations = encoder.forward_blocks(x, detach=detach)
-            for readout, block in zip(self.readouts[name], self.read_blocks[name]):
-                patterns.append(readout(encoder.to_channels_first(activations[block])))
-            slices.extend(self.slices[name])
-        return self.score(patterns, slices)
+        read = [(p.pattern, p.slice) for p in self.iter_blocks(inputs) if p.pattern is not None]
+        return self.score([p for p, _ in read], [s for _, s in read])
 
 
 def build_model(

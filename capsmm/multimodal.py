@@ -22,11 +22,13 @@ from torch import Tensor, nn
 
 from .checkpoint import atomic_write_json, load_checkpoint
 from .data import BatchLoader, ModalSplit
+from .distributed import DistContext
 from .encoder import build_encoder
 from .errors import CheckpointError, ConfigError
 from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
 from .retrieval import class_profile, retrieval_metrics
+from .strategies import build_strategy
 from .trainer import CHECKPOINT, RESULTS, Trainer
 
 
@@ -60,6 +62,10 @@ class LateFusion(nn.Module):
     def set_mode(self, mode: str) -> None:
         for model in self.models.values():
             model.set_mode(mode)
+
+    def set_precision(self, amp: str) -> None:
+        for model in self.models.values():
+            model.set_precision(amp)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -164,11 +170,13 @@ class ModalityDropout:
 
 def multimodal_loaders(train: Mapping[str, ModalSplit], test: Mapping[str, ModalSplit], *, batch_size: int, eval_batch_size: int,
                        device: torch.device, seed: int, anchor: str, pairing: str = "class",
-                       modality_dropout: float = 0.0) -> tuple[Any, BatchLoader]:
-    """Paired training (re-paired every epoch) and test (fixed pairs) loaders."""
+                       modality_dropout: float = 0.0, shard: tuple[int, int] = (0, 1)) -> tuple[Any, BatchLoader]:
+    """Paired training (re-paired every epoch) and test (fixed pairs) loaders; ``shard`` = (rank, ranks)
+    of a data-parallel run (every rank draws the same pairs and reads its share of each batch)."""
     row = pairing == "row"
-    train_loader: Any = BatchLoader(train, batch_size, device=device, shuffle=True, seed=seed, anchor=anchor, repair=not row, row_pairing=row)
-    test_loader = BatchLoader(test, eval_batch_size, device=device, seed=seed, anchor=anchor, row_pairing=row)
+    train_loader: Any = BatchLoader(train, batch_size, device=device, shuffle=True, seed=seed, anchor=anchor, repair=not row,
+                                    row_pairing=row, shard=shard)
+    test_loader = BatchLoader(test, eval_batch_size, device=device, seed=seed, anchor=anchor, row_pairing=row, shard=shard)
     if modality_dropout > 0:
         train_loader = ModalityDropout(train_loader, modality_dropout, seed)
     return train_loader, test_loader
@@ -178,30 +186,34 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                    out_dir: Path, *, run_config: dict[str, Any], summary: dict[str, Any], anchor: str, pairing: str = "class",
                    modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False,
                    extra_results: Callable[[nn.Module], dict[str, Any]] | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, dist: DistContext = DistContext()) -> dict[str, Any]:
     """Train a multimodal model on paired splits and record per-modality errors and retrieval.
 
     ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
     Each epoch's metrics gain ``test_error_by_modality`` and ``retrieval``; so do the results.
+    Under torchrun (``dist``) the strategy of ``train.parallel`` shares the work; rank 0 writes.
     """
     device = device or torch.device("cpu")
+    strategy = build_strategy(model, train_config, device, dist)
     modalities = sorted(test)
-    train_loader, test_loader = multimodal_loaders(
-        train, test, batch_size=train_config.batch_size, eval_batch_size=train_config.eval_batch_size, device=device,
-        seed=train_config.seed, anchor=anchor, pairing=pairing, modality_dropout=modality_dropout)
-    evaluators = [lambda m: evaluate_modalities(m, test_loader, modalities)]
+    options = dict(batch_size=train_config.batch_size, eval_batch_size=train_config.eval_batch_size, device=device,
+                   seed=train_config.seed, anchor=anchor, pairing=pairing)
+    train_loader, test_loader = multimodal_loaders(train, test, modality_dropout=modality_dropout, shard=strategy.batch_shard, **options)
+    whole_test = multimodal_loaders(test, test, **options)[1]  # the evaluators read every test pair on rank 0
+    evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities)]
     diagnostics = None
     if isinstance(model, CAPModel):
         diagnostic_loader = BatchLoader({n: _head(s, train_config.diagnostics_samples) for n, s in test.items()},
                                         train_config.diagnostics_samples, device=device, seed=train_config.seed,
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))
-    trainer = Trainer(model, train_loader, test_loader, train_config, device, out_dir, run_config=run_config, summary=summary,
+    trainer = Trainer(strategy, train_loader, test_loader, out_dir, run_config=run_config, summary=summary,
                       evaluators=evaluators, diagnostics_batch=diagnostics, log=log)
     results = trainer.fit(resume=resume)
     if extra_results is not None:
         results.update(extra_results(trainer.model))
-        atomic_write_json(Path(out_dir) / RESULTS, results)
+        if dist.is_main:
+            atomic_write_json(Path(out_dir) / RESULTS, results)
     return results
 
 

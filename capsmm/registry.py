@@ -1,8 +1,14 @@
 """Name -> builder registries (torchvision ``models/_api.py`` style).
 
 Builders are registered by the package that defines them (``modalities.image`` registers its
-backbones when imported). A registry lists the modules that hold its built-in entries and
-imports them on first lookup, so ``capsmm`` itself never imports a modality package at start-up.
+backbones when imported). On its first lookup a registry imports the core modules that hold its
+built-in entries and every *plugin*: the modules named by the ``capsmm.plugins`` entry points of
+installed packages (capsmm's own ``pyproject.toml`` names ``modalities.image``,
+``modalities.audio`` and ``modalities.hf``). So ``capsmm`` never imports a modality package by
+name, and a package of your own registers its encoders and data sets the same way::
+
+    [project.entry-points."capsmm.plugins"]
+    my_modality = "my_package.capsmm_plugin"
 """
 
 from __future__ import annotations
@@ -10,11 +16,25 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+PLUGIN_GROUP = "capsmm.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every module that an installed package names under the ``capsmm.plugins`` entry points (once)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        importlib.import_module(entry.value)
 
 
 class Registry(Generic[T]):
@@ -42,6 +62,7 @@ class Registry(Generic[T]):
             self._builtins_loaded = True
             for module in self._builtin_modules:
                 importlib.import_module(module)
+            load_plugins()
 
     def get(self, name: str) -> T:
         self._load_builtins()
@@ -50,9 +71,8 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} '{name}'{hint}; valid: {', '.join(self.names())}"
-            ) from None
+            valid = ", ".join(self.names()) or f"none registered (is capsmm installed? pip install -e . registers its {PLUGIN_GROUP})"
+            raise ConfigError(f"unknown {self.kind} '{name}'{hint}; valid: {valid}") from None
 
     def names(self) -> list[str]:
         self._load_builtins()

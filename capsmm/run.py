@@ -1,19 +1,22 @@
-"""One training run from a :class:`~capsmm.config.RunConfig`: data, model, seed, device, trainer."""
+"""One training run from a :class:`~capsmm.config.RunConfig`: data, model, seed, device, strategy, trainer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data import BatchLoader, image_split, load_image_dataset
-from .distributed import check_global_batch, init_distributed, is_peer_failure, peer_failure, shutdown
+from .distributed import DistContext, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import ConfigError
 from .metrics import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule
+from .strategies import build_strategy
 from .trainer import Trainer
 
 
@@ -41,6 +44,33 @@ def describe_parameters(model: CAPModel) -> str:
     return f"params {counts['total']:,} ({parts})"
 
 
+@contextmanager
+def launched(train: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
+    """This process' place in a torchrun launch (if any) and its device; a peer that dies or hangs
+    becomes one-line :class:`~capsmm.errors.TrainingError`; the process group is left on the way out."""
+    device = resolve_device(train.device)
+    context, device = init_distributed(device, train.dist_timeout)
+    try:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield context, device
+    except RuntimeError as error:  # a collective inside autograd fails with a plain RuntimeError
+        if context.enabled and is_peer_failure(error):
+            raise peer_failure(error, "training") from None
+        raise
+    finally:
+        shutdown()
+
+
+def seeded_model(build: Callable[[], nn.Module], seed: int, context: DistContext) -> nn.Module:
+    """``build()`` under ``seed`` (the same initial model on every rank); afterwards the global RNG
+    is seeded per rank, so that ranks draw different dropout masks."""
+    torch.manual_seed(seed)
+    model = build()
+    torch.manual_seed(seed + 1_000 * context.rank)
+    return model
+
+
 def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate ``config``, build everything and train; returns the results dict (also in results.json).
 
@@ -48,45 +78,27 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
     which trades bitwise reproducibility for speed.
     """
     config.validate()
-    device = resolve_device(config.train.device)
-    context, device = init_distributed(device, config.train.dist_timeout)
-    try:
-        blocks = config.train.parallel == "blocks"
-        if not blocks:
-            check_global_batch(config.train.batch_size, context)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+    with launched(config.train) as (context, device):
         data = load_image_dataset(config.data)
-        torch.manual_seed(config.train.seed)
-        model = model_from_config(config, data.num_classes, data.in_shape)
-        torch.manual_seed(config.train.seed + 1_000 * context.rank)  # ranks draw different dropout masks
+        model = seeded_model(lambda: model_from_config(config, data.num_classes, data.in_shape), config.train.seed, context)
+        strategy = build_strategy(model, config.train, device, context)
         out_dir = config.out_dir()
-        ranks = ""
-        if context.enabled:
-            ranks = f" x {context.world} ranks, " + (f"block-parallel, {config.train.micro_batches} micro-batches" if blocks
-                                                     else f"data-parallel, global batch {config.train.batch_size}")
         if context.is_main:
             log(
                 f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "
                 f"{config.model.backbone} x{config.model.width_mult:g} | mode {config.train.mode} | "
-                f"{describe_parameters(model)} | {device}{ranks} | -> {out_dir}"
+                f"{describe_parameters(model)} | {strategy.describe()} | -> {out_dir}"
             )
         mean, std = data.channel_stats()
         train = config.train
-        shard = (0, 1) if blocks else (context.rank, context.world)  # block-parallel: every rank sees the whole batch
+        shard = strategy.batch_shard
         train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
                                    device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device, shard=shard)
         diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
         trainer = Trainer(
-            model, train_loader, test_loader, train, device, out_dir,
+            strategy, train_loader, test_loader, out_dir,
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
-            diagnostics_batch=next(iter(diagnostics)), log=log, dist=context,
+            diagnostics_batch=next(iter(diagnostics)), log=log,
         )
         return trainer.fit(resume=resume)
-    except RuntimeError as error:  # DDP's own all-reduce fails inside backward with a plain RuntimeError
-        if context.enabled and is_peer_failure(error):
-            raise peer_failure(error, "training") from None
-        raise
-    finally:
-        shutdown()

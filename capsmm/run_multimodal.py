@@ -10,28 +10,21 @@ import torch
 from torch import nn
 
 from .config import MultimodalRunConfig
-from .data import ModalSplit, image_split, load_image_dataset
+from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
 from .model import CAPModel
 from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
-from .run import describe_parameters, resolve_device
+from .run import describe_parameters, launched, seeded_model
 
 
 def load_modalities(config: MultimodalRunConfig) -> dict[str, tuple[ModalSplit, ModalSplit, tuple[int, ...], list[str]]]:
     """modality -> (train split, test split, input shape, class names) for the modalities of the run."""
     parts = {}
-    if "image" in config.multimodal.modalities:
-        images = load_image_dataset(config.image)
-        mean, std = images.channel_stats()
-        parts["image"] = (image_split(images.train, mean, std, config.image.augment), image_split(images.test, mean, std),
-                          images.in_shape, images.classes)
-    if "audio" in config.multimodal.modalities:
-        from modalities.audio import load_audio_dataset
-
-        audio = load_audio_dataset(config.audio)
-        parts["audio"] = (ModalSplit(audio.train.waves, audio.train.labels), ModalSplit(audio.test.waves, audio.test.labels),
-                          audio.in_shape, audio.classes)
+    for modality in config.multimodal.modalities:
+        section = getattr(config, modality)
+        data = load_dataset(modality, section)
+        parts[modality] = (*data.modal_splits(section), data.in_shape, data.classes)
     counts = {name: len(part[3]) for name, part in parts.items()}
     if len(set(counts.values())) > 1:
         raise DataError(f"pairing by class needs the same number of classes in every modality; got "
@@ -83,37 +76,39 @@ def extend_trained_model(config: MultimodalRunConfig, specs: dict[str, EncoderSp
 
 
 def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Validate, load and pair the data, build the fusion model (or extend a trained one), train."""
+    """Validate, load and pair the data, build the fusion model (or extend a trained one), train.
+
+    Under torchrun it trains data-parallel like :func:`capsmm.run.train`; rank 0 writes."""
     config.validate()
-    device = resolve_device(config.train.device)
     mm = config.multimodal
-    parts = load_modalities(config)
-    num_classes = len(next(iter(parts.values()))[3])
-    specs = encoder_specs(config, {name: part[2] for name, part in parts.items()}, sorted(parts))
-    torch.manual_seed(config.train.seed)
-    train_parts = {name: part[0] for name, part in parts.items()}
-    test_parts = {name: part[1] for name, part in parts.items()}
-    extra_results = None
-    if mm.extend_from:
-        model, old_modalities = extend_trained_model(config, specs, num_classes)
-        extra_results = _frozen_check(model, old_modalities, test_parts, config, device)
-    else:
-        model = build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
-                                   head_options=config.model.head_options())
-    out_dir = config.out_dir()
-    sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
-    backbones = "+".join(specs[name].backbone for name in sorted(specs))
-    log(f"{mm.fusion} {'+'.join(sorted(parts))} ({sizes} train/test, paired by {mm.pairing} to {mm.anchor}) | {backbones} | "
-        f"mode {config.train.mode} | {_describe(model)} | {device} | -> {out_dir}")
-    summary = {
-        "dataset": "+".join(getattr(config, name).name for name in sorted(parts)),
-        "backbone": backbones,
-        "fusion": mm.fusion,
-        "modalities": sorted(parts),
-    }
-    return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
-                          anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
-                          device=device, resume=resume, extra_results=extra_results, log=log)
+    with launched(config.train) as (context, device):
+        parts = load_modalities(config)
+        num_classes = len(next(iter(parts.values()))[3])
+        specs = encoder_specs(config, {name: part[2] for name, part in parts.items()}, sorted(parts))
+        train_parts = {name: part[0] for name, part in parts.items()}
+        test_parts = {name: part[1] for name, part in parts.items()}
+        extra_results = None
+        if mm.extend_from:
+            model, old_modalities = seeded_model(lambda: extend_trained_model(config, specs, num_classes), config.train.seed, context)
+            extra_results = _frozen_check(model, old_modalities, test_parts, config, device)
+        else:
+            model = seeded_model(lambda: build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
+                                                            head_options=config.model.head_options()), config.train.seed, context)
+        out_dir = config.out_dir()
+        sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
+        backbones = "+".join(specs[name].backbone for name in sorted(specs))
+        if context.is_main:
+            log(f"{mm.fusion} {'+'.join(sorted(parts))} ({sizes} train/test, paired by {mm.pairing} to {mm.anchor}) | {backbones} | "
+                f"mode {config.train.mode} | {_describe(model)} | {device}{f' x {context.world} ranks' if context.enabled else ''} | -> {out_dir}")
+        summary = {
+            "dataset": "+".join(getattr(config, name).name for name in sorted(parts)),
+            "backbone": backbones,
+            "fusion": mm.fusion,
+            "modalities": sorted(parts),
+        }
+        return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
+                              anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
+                              device=device, resume=resume, extra_results=extra_results, log=log, dist=context)
 
 
 def _describe(model: nn.Module) -> str:

@@ -1,7 +1,8 @@
-"""The training loop: the only place that calls ``backward`` and steps the optimiser.
+"""The loop over epochs: the mode schedule, the LR schedule, evaluation, per-epoch metrics
+(``metrics.jsonl``), the final ``results.json``, atomic per-epoch checkpoints and resuming from them.
 
-Owns the mode schedule, the optimiser and LR schedule, per-epoch metrics (``metrics.jsonl``),
-the final ``results.json``, atomic per-epoch checkpoints and resuming from them.
+How a step turns a batch into parameter updates is the strategy's business
+(:mod:`capsmm.strategies`); the loop is the same for all of them.
 """
 
 from __future__ import annotations
@@ -14,25 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .data import BatchLoader
-from .block_parallel import BlockParallelCAPs
 from .diagnostics import model_diagnostics
-from .distributed import DistContext, all_reduce_sum, average_gradients, barrier, gather_objects
+from .distributed import all_reduce_sum, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
-from .step import autocast_context, make_adam, prepare_inputs, train_step
+from .strategies import Strategy
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
-
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,13 +54,15 @@ ADDED_KEYS = {"train.lean_keep": 0}
 
 
 class Trainer:
-    """Trains ``model`` as ``train`` says on the batches of ``train_loader``, writing into ``out_dir``.
+    """Trains the model of ``strategy`` as its ``train`` section says, on the batches of ``train_loader``,
+    writing into ``out_dir``. The loop knows no strategy by name: it calls ``strategy.step``,
+    ``strategy.predict`` and the strategy's state for checkpoints.
 
     Args:
-        model: the model; only parameters with ``requires_grad`` are optimised.
+        strategy: how steps are computed (:func:`capsmm.strategies.build_strategy`); holds the model,
+            the optimiser, the device and the rank's place in the group.
         train_loader, test_loader: :class:`~capsmm.data.BatchLoader` s (tensor or dict batches).
-        train: the ``train`` section of the run config.
-        device, out_dir, log: where to run, to write, and print.
+        out_dir, log: where to write, and print.
         run_config: the whole resolved config (saved in checkpoints and results; a resumed run must match it).
         summary: fields that head ``results.json`` (dataset, backbone, mode...).
         evaluators: functions of the model giving extra per-epoch figures (e.g. per-modality error), as dicts.
@@ -72,11 +71,9 @@ class Trainer:
 
     def __init__(
         self,
-        model: CAPModel,
+        strategy: Strategy,
         train_loader: BatchLoader,
         test_loader: BatchLoader,
-        train: TrainConfig,
-        device: torch.device,
         out_dir: Path,
         *,
         run_config: dict[str, Any],
@@ -84,52 +81,31 @@ class Trainer:
         evaluators: Sequence[Evaluator] = (),
         diagnostics_batch: Batch | None = None,
         log: Callable[[str], None] = print,
-        dist: DistContext = DistContext(),
     ) -> None:
-        self.dist = dist
-        if train.sync_batchnorm:
-            if device.type != "cuda" or not dist.enabled:
-                raise ConfigError("train.sync_batchnorm needs CUDA and a torchrun launch (PyTorch's SyncBatchNorm has no CPU kernel)")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(device)
-        self.train_config = train
+        self.strategy = strategy
+        self.model = strategy.model
+        self.train_config = train = strategy.train_config
+        self.device = strategy.device
+        self.dist = strategy.dist
         self.run_config = run_config
         self.summary = summary
         self.evaluators = list(evaluators)
         self.evaluated_keys: set[str] = set()
-        self.device = device
         self.out_dir = Path(out_dir)
-        self.log = log if dist.is_main else (lambda line: None)
+        self.log = log if self.dist.is_main else (lambda line: None)
         self.schedule = ModeSchedule.parse(train.mode)
-        if train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.lean = train.memory == "lean"
-        # block-parallel: this rank trains its own blocks (capsmm.block_parallel)
-        self.stage = None
-        if dist.enabled and train.parallel == "blocks":
-            self.stage = BlockParallelCAPs(self.model, dist, next(iter(self.model.in_shapes.values())), lr=train.lr,
-                                           weight_decay=train.weight_decay, impl=train.adam_impl)
-        # data-parallel: DDP averages gradients during backward; the lean step has its own backward,
-        # so there gradients are averaged once it is done (average_gradients)
-        wrapped = self.model
-        if dist.enabled and not self.lean and self.stage is None:
-            wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
-        self.forward_model = torch.compile(wrapped) if train.compile else wrapped
-        self.after_backward = (lambda: average_gradients(self.model, dist)) if dist.enabled and self.lean else None
-        self.autocast = autocast_context(device, train.amp)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = self.stage.optimizer if self.stage else make_adam(
-            trainable, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
-        self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
+        self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(strategy.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.diagnostics_batch = diagnostics_batch
-        self.timer = PhaseTimer(device)
+        self.timer = PhaseTimer(self.device)
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
 
-    def inputs(self, batch_inputs: Any) -> Any:
-        return prepare_inputs(batch_inputs, self.train_config.channels_last)
+    @property
+    def inspects_model(self) -> bool:
+        """Whether this rank computes the figures that need the whole model (diagnostics, evaluators)."""
+        return self.strategy.holds_model and self.dist.is_main
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -137,22 +113,12 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
 
-    def _gathered_state(self) -> tuple[dict[str, Any], Any]:
-        """(model state, optimiser state) to save; block-parallel ranks each contribute their part
-        (a collective: every rank calls it)."""
-        if self.stage is None:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        model: dict[str, Any] = {}
-        for part in gather_objects(self.dist, self.stage.own_state()):
-            model.update(part)
-        return model, gather_objects(self.dist, self.optimizer.state_dict())
-
-    def _save(self, epoch: int, model_state: dict[str, Any], optimizer_state: Any, rng_states: list[dict[str, Any]]) -> None:
+    def _save(self, epoch: int, strategy_state: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
         save_checkpoint(self.checkpoint_path, {
             "epoch": epoch,
             "config": self.run_config,
-            "model": model_state,
-            "optimizer": optimizer_state,
+            "model": strategy_state["model"],
+            "optimizer": strategy_state["optimizer"],
             "lr_schedule": self.lr_schedule.state_dict(),
             "rng": rng_states,
             "history": self.history,
@@ -169,9 +135,7 @@ class Trainer:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
-        self.model.load_state_dict(state["model"])
-        optimizer = state["optimizer"]
-        self.optimizer.load_state_dict(optimizer[self.dist.rank] if isinstance(optimizer, list) else optimizer)
+        self.strategy.load_state_dict(state)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         set_rng_state(states[self.dist.rank % len(states)])
@@ -200,46 +164,32 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{self.train_config.epochs} {mode}",
             disable=None if self.train_config.progress else True,  # None: off when stderr is not a terminal
         )
-        for step, (images, labels) in enumerate(bar):
-            if self.stage is not None:
-                loss, logits = self._block_parallel_step(self.inputs(images), labels)
-            else:
-                output, loss = train_step(
-                    self.forward_model, self.optimizer, self.inputs(images), labels,
-                    lean=self.lean, lean_keep=self.train_config.lean_keep, timer=self.timer, autocast=self.autocast, after_backward=self.after_backward,
-                )
-                logits = output.logits
-            if logits is not None:  # block-parallel: only the last rank has the loss and the logits
-                loss_sum += loss.detach() * len(labels)
-                wrong += (logits.detach().argmax(1) != labels).sum()
+        for step, (inputs, labels) in enumerate(bar):
+            loss, logits = self.strategy.step(inputs, labels, self.timer)
+            if logits is not None:  # block-parallel: only the head rank has the loss and the logits
+                loss_sum += loss * len(labels)
+                wrong += (logits.argmax(1) != labels).sum()
                 seen += len(labels)
             if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
                 raise TrainingError(
                     f"the loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step + 1}); "
                     f"the last good checkpoint is epoch {epoch} in {self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
                 )
-            if step % 20 == 0 and logits is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if bar.disable is False and step % 20 == 0 and seen:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}")  # the running mean over the epoch so far
         if not torch.isfinite(loss_sum):
             raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
         count = torch.tensor(seen, device=self.device)
         all_reduce_sum(self.dist, loss_sum, wrong, count)
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
 
-    def _block_parallel_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        loss = self.stage.step(images, labels, self.train_config.micro_batches, timer=self.timer)
-        if loss is None:
-            return None, None
-        return torch.tensor(loss, device=self.device), torch.cat(self.stage.last_logits)
-
     @torch.no_grad()
     def evaluate(self) -> float:
         """Test error (fraction) with the model in eval mode."""
         self.model.eval()
         counts = torch.zeros(2, device=self.device, dtype=torch.long)  # wrong, seen
-        for images, labels in self.test_loader:
-            with self.autocast:
-                logits = self.stage.predict(self.inputs(images)) if self.stage else self.model(self.inputs(images)).logits
+        for inputs, labels in self.test_loader:
+            logits = self.strategy.predict(inputs)
             if logits is not None:
                 counts += torch.stack([(logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=self.device)])
         all_reduce_sum(self.dist, counts)
@@ -249,6 +199,8 @@ class Trainer:
         """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
         epochs = self.train_config.epochs
         start = 0
+        if self.dist.is_main:
+            remove_stale_temporaries(self.out_dir)  # what a process killed while writing left behind
         if self.checkpoint_path.exists():
             if not resume:
                 raise ConfigError(f"{self.out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose another --out")
@@ -260,32 +212,32 @@ class Trainer:
         for epoch in range(start, epochs):
             began = time.perf_counter()
             mode = self.schedule.mode_at(epoch, epochs)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.strategy.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "mode": mode, "lr": lr}
             record.update(self._train_epoch(epoch, mode))
             record["test_error"] = self.evaluate()
             record.update(self.timer.collect())
-            for evaluator in self.evaluators:
+            for evaluator in self.evaluators if self.inspects_model else ():
                 figures = evaluator(self.model)
                 self.evaluated_keys |= set(figures)
                 record.update(figures)
             every = self.train_config.diagnostics_every
-            if (every and self.diagnostics_batch is not None and self.dist.is_main and self.stage is None
+            if (every and self.diagnostics_batch is not None and self.inspects_model
                     and ((epoch + 1) % every == 0 or epoch + 1 == epochs)):
                 began_diagnostics = time.perf_counter()
                 inputs, labels = self.diagnostics_batch
-                record["diagnostics"] = model_diagnostics(self.model, self.inputs(inputs), labels)
+                record["diagnostics"] = model_diagnostics(self.model, self.strategy.prepare(inputs), labels)
                 record["diagnostics_seconds"] = time.perf_counter() - began_diagnostics
             self.lr_schedule.step()
             record["epoch_seconds"] = time.perf_counter() - began
             self.wall_seconds += record["epoch_seconds"]
             self.history.append(record)
             rng_states = gather_objects(self.dist, rng_state())
-            model_state, optimizer_state = self._gathered_state()
+            strategy_state = self.strategy.state_dict()  # a collective where ranks hold parts of the model
             if self.dist.is_main:
                 with open(self.out_dir / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                self._save(epoch + 1, model_state, optimizer_state, rng_states)
+                self._save(epoch + 1, strategy_state, rng_states)
             barrier(self.dist)  # every rank has a complete checkpoint behind it before going on
             self.log(
                 f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "

@@ -76,7 +76,7 @@ def test_audio_encoder_blocks_from_waveforms():
     shapes = encoder.block_shapes((8000,))
     assert [s[0] for s in shapes] == [8, 16, 32, 32]
     assert shapes[0][1:] == (20, 51)  # 40 mel bands x 101 frames, pooled 2x2
-    activations = encoder.forward_blocks(torch.randn(3, 8000), detach=True)
+    activations = [a for _, _, a in encoder.iter_blocks(torch.randn(3, 8000), cut=True)]
     assert [tuple(a.shape[1:]) for a in activations] == shapes
 
 

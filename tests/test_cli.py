@@ -26,8 +26,8 @@ def assert_one_line_error(err, *fragments):
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, hf-disk, imagefolder, kmnist, mnist"]),
-    (["--backbone", "resnet50"], ["unknown backbone 'resnet50'", "mlp", "vgg19"]),
+    (["--dataset", "imagenet"], ["unknown data.name 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, hf-disk, imagefolder, kmnist, mnist"]),
+    (["--backbone", "resnet50"], ["unknown model.backbone 'resnet50'", "mlp", "vgg19"]),
     (["--backbone", "audio-cnn"], ["model.backbone 'audio-cnn' encodes audio, not image"]),
     (["--mode", "sgd"], ["unknown mode 'sgd'", "valid: bp, caps, caps-full, local"]),
     (["--set", "train.lrr=0.1"], ["unknown config key 'train.lrr'", "did you mean 'train.lr'"]),
@@ -69,7 +69,7 @@ def test_errors_in_a_real_process_have_no_traceback():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_vision.py"), "--backbone", "vgg99"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
-    assert_one_line_error(result.stderr, "unknown backbone 'vgg99'", "did you mean 'vgg19'")
+    assert_one_line_error(result.stderr, "unknown model.backbone 'vgg99'", "did you mean 'vgg19'")
 
 
 def test_help_documents_flags_and_config_keys(capsys):

@@ -41,7 +41,7 @@ def test_unknown_key_lists_the_valid_keys_of_its_section():
 def test_validate_names_the_valid_choices():
     config = RunConfig()
     config.data.name = "imagenet"
-    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*valid: cifar10, cifar100, digits, fashion-mnist"):
+    with pytest.raises(ConfigError, match="unknown data.name .imagenet.*valid: cifar10, cifar100, digits, fashion-mnist"):
         config.validate()
     config = RunConfig()
     config.model.readout_norm = "groupnorm"

@@ -15,8 +15,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from capsmm import build_model, training_loss
-from capsmm.block_parallel import BlockParallelCAPs, PipelineBP, split_blocks
+from capsmm.config import TrainConfig
 from capsmm.distributed import DistContext
+from capsmm.strategies import build_strategy
+from capsmm.strategies.block_parallel import split_blocks
 from conftest import ROOT
 
 TINY = ["--dataset", "digits", "--batch-size", "64", "--train-subset", "256", "--test-subset", "100", "--device", "cpu",
@@ -111,10 +113,13 @@ def block_parallel_worker(rank, world, port, kind, micro_batches, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     spec = dict(SPEC)
-    model = build_model(spec.pop("backbone"), mode="caps" if kind == "caps" else "bp", **spec)
-    stage = (BlockParallelCAPs if kind == "caps" else PipelineBP)(model, DistContext(rank, world, rank), (1, 8, 8))
+    mode = "caps" if kind == "caps" else "bp"
+    model = build_model(spec.pop("backbone"), mode=mode, **spec)
+    train = TrainConfig(mode=mode, parallel="blocks", micro_batches=micro_batches)
+    stage = build_strategy(model, train, torch.device("cpu"), DistContext(rank, world, rank))
     x, y = batch()
-    loss = stage.backward(x, y, micro_batches)
+    loss, _ = stage.backward(x, y)
+    loss = None if loss is None else loss.item()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save({"grads": grads, "traffic": vars(stage.traffic), "loss": loss, "own": list(stage.own)}, out_dir / f"rank{rank}.pt")
     dist.destroy_process_group()

@@ -17,7 +17,7 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--fusion", "early"], "unknown multimodal.fusion 'early'; valid: joint, late, concat-bp"),
-    (["--audio-dataset", "librispeech"], "unknown audio dataset 'librispeech'"),
+    (["--audio-dataset", "librispeech"], "unknown audio.name 'librispeech'"),
     (["--fusion", "concat-bp", "--mode", "caps"], "fusion concat-bp is end-to-end bp: set --mode bp"),
     (["--set", "audio_model.backbone=vgg11"], "audio_model.backbone 'vgg11' encodes image, not audio"),
     (["--set", "multimodal.modalities=[image,smell]"], "'smell' is not image or audio"),

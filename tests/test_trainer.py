@@ -159,7 +159,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_training_error(tmp_path, monkeypatch):
-    import capsmm.step as step_module
+    import capsmm.strategies.plain as step_module
 
     original = step_module.training_loss
     calls = {"n": 0}
@@ -189,7 +189,7 @@ def test_lean_memory_trains_like_plain_caps(tmp_path):
 
 
 def test_auto_adam_is_fused_on_cpu_and_pytorchs_default_elsewhere():
-    from capsmm.step import make_adam
+    from capsmm.strategies import make_adam
 
     assert make_adam([torch.nn.Parameter(torch.ones(3))], lr=1e-3).defaults["fused"] is True
     assert not make_adam([torch.nn.Parameter(torch.ones(3, device="meta"))], lr=1e-3).defaults["fused"]

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,6 +14,9 @@ from torch import Tensor
 from ..config import DataConfig
 from ..errors import DataError
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .batches import ModalSplit
 
 #: environment variable naming the data root (the ``--data-root`` flag wins over it)
 DATA_ROOT_ENV = "CAPSMM_DATA"
@@ -73,17 +77,34 @@ class ImageDataset:
     def subset(self, train: int | None, test: int | None) -> "ImageDataset":
         return replace(self, train=self.train.head(train), test=self.test.head(test))
 
+    def modal_splits(self, config: DataConfig) -> tuple["ModalSplit", "ModalSplit"]:
+        """(train, test) as model inputs: standardised with the training set's channel statistics,
+        training batches augmented when ``config.augment``."""
+        from .batches import image_split
+
+        mean, std = self.channel_stats()
+        return image_split(self.train, mean, std, config.augment), image_split(self.test, mean, std)
+
 
 DatasetLoader = Callable[[DataConfig, Path], ImageDataset]
 
-#: data-set name -> ``loader(config, data_root) -> ImageDataset``
-DATASETS: Registry[DatasetLoader] = Registry("dataset", builtin_modules=("capsmm.data.vision", "modalities.hf.datasets"))
+#: image data-set name -> ``loader(config, data_root) -> ImageDataset``
+DATASETS: Registry[DatasetLoader] = Registry("dataset", builtin_modules=("capsmm.data.vision",))
+#: audio data-set name -> ``loader(config, data_root)`` -> a data set like :class:`ImageDataset` (``train``,
+#: ``test``, ``classes``, ``in_shape``, ``subset``, ``modal_splits``); ``modalities.audio`` registers its sets here
+AUDIO_DATASETS: Registry[Callable[[Any, Path], Any]] = Registry("audio dataset")
+#: modality -> the registry of its data sets (the data sections of a multimodal config)
+DATASETS_BY_MODALITY: dict[str, Registry[Any]] = {"image": DATASETS, "audio": AUDIO_DATASETS}
+
+
+def load_dataset(modality: str, config: Any) -> Any:
+    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked for."""
+    dataset = DATASETS_BY_MODALITY[modality].get(config.name)(config, resolve_data_root(config.root))
+    if len(dataset.train) == 0 or len(dataset.test) == 0:
+        raise DataError(f"{modality} data set '{config.name}' has an empty train or test split")
+    return dataset.subset(config.train_subset, config.test_subset)
 
 
 def load_image_dataset(config: DataConfig) -> ImageDataset:
-    """Load ``config.name`` from the data root, then keep the first train/test subsets asked for."""
-    loader = DATASETS.get(config.name)
-    dataset = loader(config, resolve_data_root(config.root))
-    if len(dataset.train) == 0 or len(dataset.test) == 0:
-        raise DataError(f"data set '{config.name}' has an empty train or test split")
-    return dataset.subset(config.train_subset, config.test_subset)
+    """Load an image data set (see :func:`load_dataset`)."""
+    return load_dataset("image", config)

@@ -16,10 +16,9 @@ import torch
 from torch import Tensor
 
 from capsmm.config import AudioDataConfig
-from capsmm.data import resolve_data_root
+from capsmm.data import AUDIO_DATASETS, ModalSplit, load_dataset
 from capsmm.errors import DataError
 from capsmm.optional import require
-from capsmm.registry import Registry
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
@@ -54,6 +53,13 @@ class AudioDataset:
     @property
     def in_shape(self) -> tuple[int]:
         return (self.train.waves.shape[1],)
+
+    def subset(self, train: int | None, test: int | None) -> "AudioDataset":
+        return replace(self, train=self.train.head(train), test=self.test.head(test))
+
+    def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
+        """(train, test) as model inputs: the waveforms (the encoder computes its features)."""
+        return ModalSplit(self.train.waves, self.train.labels), ModalSplit(self.test.waves, self.test.labels)
 
 
 def fix_length(wave: Tensor, length: int) -> Tensor:
@@ -90,10 +96,6 @@ def _stack(paths: list[Path], config: AudioDataConfig) -> Tensor:
     return torch.stack([fix_length(read_wave(p, config.sample_rate), config.length) for p in paths])
 
 
-AudioLoader = Callable[[AudioDataConfig, Path], AudioDataset]
-
-#: audio data-set name -> ``loader(config, data_root) -> AudioDataset``
-AUDIO_DATASETS: Registry[AudioLoader] = Registry("audio dataset", builtin_modules=("modalities.hf.datasets",))
 
 FSDD_NAME = re.compile(r"^(\d+)_([A-Za-z0-9-]+)_(\d+)$")
 
@@ -161,8 +163,5 @@ def load_audiofolder(config: AudioDataConfig, root: Path) -> AudioDataset:
 
 
 def load_audio_dataset(config: AudioDataConfig) -> AudioDataset:
-    """Load ``config.name`` from the data root, then keep the first train/test clips asked for."""
-    dataset = AUDIO_DATASETS.get(config.name)(config, resolve_data_root(config.root))
-    if len(dataset.train) == 0 or len(dataset.test) == 0:
-        raise DataError(f"audio data set '{config.name}' has an empty train or test split")
-    return replace(dataset, train=dataset.train.head(config.train_subset), test=dataset.test.head(config.test_subset))
+    """Load ``config.name`` from the data root, then keep the train/test clips asked for."""
+    return load_dataset("audio", config)

@@ -1,0 +1,210 @@
+"""What every training strategy shares: the interface, the optimiser, and the run description that
+decides, before any data is loaded, whether a strategy can honour a config.
+
+A *strategy* is how a step turns a batch into parameter updates: plain autograd, memory-lean
+recomputation, data-parallel gradient averaging, block-parallel ranks. The trainer calls only the
+interface below (:meth:`Strategy.step`, :meth:`Strategy.predict`, :meth:`Strategy.state_dict`,
+:meth:`Strategy.load_state_dict`) and knows none of them by name (the shape of Lightning Fabric's
+``Strategy``; what capsmm adds is *where the gradient is cut* and *how the backward is scheduled*).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..distributed import DistContext
+from ..errors import ConfigError
+from ..metrics import PhaseTimer, phase_of
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
+#: devices whose fused Adam kernel ``auto`` picks
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+Inputs = Tensor | dict[str, Tensor]
+
+
+def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:
+    """Adam with the chosen kernel: ``foreach`` (batched tensor ops), ``fused`` (one fused kernel per
+    device/dtype), ``for-loop`` (one op per parameter), or ``auto``.
+
+    ``auto`` is ``fused`` when every parameter is a floating tensor on CPU or CUDA, else PyTorch's
+    own choice. Why: on a 2-core CPU ``scripts/bench.py`` measured the fused step at 20 ms against
+    144 ms for foreach on the 3x3000 MLP (whole bp step 0.74x) and 12 against 31 ms on VGG11
+    (docs/performance.md). On CUDA fused is PyTorch's fastest kernel by its own documentation.
+    """
+    if impl not in ADAM_IMPLS:
+        raise ConfigError(f"unknown train.adam_impl '{impl}'; valid: {', '.join(ADAM_IMPLS)}")
+    params = list(params)
+    fusable = bool(params) and all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in params)
+    flags: dict[str, Any] = {
+        "auto": {"fused": True} if fusable else {}, "foreach": {"foreach": True}, "fused": {"fused": True},
+        "for-loop": {"foreach": False},
+    }[impl]
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **flags)
+
+
+def prepare_inputs(inputs: Inputs, channels_last: bool) -> Inputs:
+    """Image batches in channels-last layout when asked (other inputs, and dicts of them, pass through)."""
+    if isinstance(inputs, dict):
+        return {name: prepare_inputs(x, channels_last) for name, x in inputs.items()}
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last and inputs.ndim == 4 else inputs
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run asks of its strategy, known as soon as the config is read (before any data).
+
+    Each strategy class answers :meth:`Strategy.refusal` for a setup; the config is refused with
+    that one line when the strategy can't honour it.
+    """
+
+    modes: tuple[str, ...]
+    """every mode of the run's schedule"""
+    memory: str = "standard"
+    parallel: str = "data"
+    world: int = 1
+    """ranks (WORLD_SIZE under torchrun; 1 otherwise)"""
+    amp: str = "none"
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = False
+    micro_batches: int = 1
+    batch_size: int = 128
+    encoders: int = 1
+    """encoders in one model (a joint multimodal model has several)"""
+    frozen: bool = False
+    """the model extends a trained one whose modalities stay frozen"""
+    fusion: str = "single"
+    """single (one encoder), joint, late or concat-bp"""
+    cuda: bool = False
+    """the run's device is CUDA"""
+
+    @classmethod
+    def of(cls, train: "TrainConfig", **model: Any) -> "Setup":
+        from ..modes import ModeSchedule
+        from ..distributed import world_size
+
+        return cls(modes=ModeSchedule.parse(train.mode).modes, memory=train.memory, parallel=train.parallel, world=world_size(),
+                   amp=train.amp, compile=train.compile, channels_last=train.channels_last, sync_batchnorm=train.sync_batchnorm,
+                   micro_batches=train.micro_batches, batch_size=train.batch_size,
+                   cuda=train.device.startswith("cuda") or (train.device == "auto" and torch.cuda.is_available()), **model)
+
+
+class StepOutput(NamedTuple):
+    """What one training step reports (None on a rank that does not compute the loss)."""
+
+    loss: Tensor | None
+    """the batch's training loss, detached"""
+    logits: Tensor | None
+    """(B, C) class scores of the batch, detached"""
+
+
+class Strategy(ABC):
+    """How a step turns a batch into parameter updates; see the module docstring.
+
+    Subclasses implement :meth:`step` and may refuse setups they can't honour (:meth:`refusal`).
+    The strategy owns the optimiser (over the parameters this rank trains).
+    """
+
+    #: the name it is registered under (``train.memory`` or ``train.parallel`` value)
+    name: ClassVar[str]
+    #: whether this rank holds the whole model (diagnostics and per-modality evaluation need it)
+    holds_model: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext(),
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.model = model
+        self.train_config = train
+        self.device = device
+        self.dist = dist
+        model.set_precision(train.amp)
+        if train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer or make_adam(self.trainable_parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                                                impl=train.adam_impl)
+
+    @classmethod
+    def refusal(cls, setup: Setup) -> str | None:
+        """Why this strategy can't run ``setup`` (one line), or None when it can."""
+        return None
+
+    @classmethod
+    def wrap(cls, local: "LocalStrategy", dist: DistContext) -> "Strategy":
+        """A parallel strategy around this process' local strategy (``train.parallel`` strategies)."""
+        return cls(local, dist)  # type: ignore[call-arg]
+
+    @property
+    def batch_shard(self) -> tuple[int, int]:
+        """(rank, ranks) of each global batch this rank reads: all of it, unless the work is split by samples."""
+        return (0, 1)
+
+    def describe(self) -> str:
+        """A few words for the run's first line of output."""
+        return str(self.device)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters this rank's optimiser updates (frozen ones excluded)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def prepare(self, inputs: Inputs) -> Inputs:
+        return prepare_inputs(inputs, self.train_config.channels_last)
+
+    @abstractmethod
+    def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
+        """Forward, loss, backward and optimiser step on one batch (phases timed by ``timer``)."""
+
+    @torch.no_grad()
+    def predict(self, inputs: Inputs) -> Tensor | None:
+        """Class scores (B, C) in the model's current train/eval state; None on ranks without them."""
+        return self.model(self.prepare(inputs)).logits
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model and optimiser state to checkpoint (a collective where ranks hold parts: every rank calls it)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        optimizer = state["optimizer"]
+        self.optimizer.load_state_dict(optimizer[self.dist.rank] if isinstance(optimizer, list) else optimizer)
+
+
+class LocalStrategy(Strategy):
+    """A strategy whose step runs in this process alone: forward and loss, backward, optimiser step.
+
+    Subclasses say how the loss and its backward are computed; ``after_backward`` hooks run between
+    the backward and the optimiser step (data-parallel training averages gradients there).
+    """
+
+    def __init__(self, model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext()) -> None:
+        super().__init__(model, train, device, dist)
+        self.after_backward: list[Callable[[], None]] = []
+
+    @abstractmethod
+    def forward_loss(self, inputs: Inputs, labels: Tensor) -> tuple[Any, Tensor, Any]:
+        """(model output, loss, what :meth:`backward` needs besides the loss)."""
+
+    @abstractmethod
+    def backward(self, loss: Tensor, pending: Any) -> None:
+        """Fill the gradients of the trainable parameters."""
+
+    def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
+        phase = phase_of(timer)
+        self.optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not outlive it
+        with phase("forward"):
+            output, loss, pending = self.forward_loss(self.prepare(inputs), labels)
+        with phase("backward"):
+            self.backward(loss, pending)
+            for hook in self.after_backward:
+                hook()
+        with phase("step"):
+            self.optimizer.step()
+        return StepOutput(loss.detach(), output.logits.detach())

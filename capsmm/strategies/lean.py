@@ -1,0 +1,128 @@
+"""Memory-lean exact CAPs: the gradients of a cut mode holding one block's graph at a time.
+
+The CAPs objective needs from each block only its small pattern m_i, and with the stop-gradient a
+block's parameters receive gradient only through m_i. So the step can be split:
+
+1. forward without autograd, keeping each block's *input* (and the RNG state its dropout used);
+2. the loss on the patterns as autograd leaves: one backward gives the head's gradients and dL/dm_i;
+3. block by block, deepest first: recompute the block from its kept input (same dropout mask, same
+   autocast: both come from the model's block iterator), backpropagate dL/dm_i through it alone,
+   free it and its input.
+
+The parameter gradients equal plain gradients of the same mode (same operations, same masks).
+Batch-norm running statistics are updated once, in step 1: each recomputation restores them
+afterwards. Blocks without trainable parameters (a frozen modality) are not recomputed. Peak
+activation memory is about the largest single block's forward-and-backward working set
+(``scripts/bench.py`` prints it as the lean floor), instead of every block's graph at once.
+
+The price is a second forward of every recomputed block. ``train.lean_keep`` trades some memory
+back: the last N blocks of each encoder run with autograd in step 1 and keep their graphs (no
+recomputation). In conv backbones those deep blocks hold little activation memory (low resolution)
+but much of the compute, and their graphs are freed by the loss' backward, before the large early
+blocks are recomputed, so the peak hardly moves while the step gets faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+from torch import Tensor
+
+from ..layers import batchnorm_stats_frozen
+from ..model import CAPModel, CAPOutput
+from ..modes import DETACHED_MODES
+from ..objectives import training_loss
+from .base import Inputs, LocalStrategy, Setup
+from .registry import MEMORY
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+@dataclass
+class KeptBlock:
+    """A block to recompute: where it is, what it read, the RNG state it ran with, its pattern leaf."""
+
+    modality: str
+    index: int
+    input: Tensor
+    rng: Tensor
+    leaf: Tensor
+
+
+@MEMORY.register("lean")
+class Lean(LocalStrategy):
+    """Exact gradients of ``caps`` / ``local`` with one block's graph alive at a time (module docstring)."""
+
+    @classmethod
+    def refusal(cls, setup: Setup) -> str | None:
+        if not set(setup.modes) <= DETACHED_MODES:
+            return f"train.memory=lean needs caps or local throughout (a mode that cuts every block); train.mode has {', '.join(setup.modes)}"
+        if setup.compile:
+            return "train.compile applies to train.memory=standard only (lean recomputes blocks outside the compiled forward)"
+        if setup.fusion == "late":
+            return "train.memory=lean is for joint and single models, not late fusion"
+        return None
+
+    @property
+    def keep_last(self) -> int:
+        return self.train_config.lean_keep
+
+    def _trainable(self, modality: str, index: int) -> bool:
+        modules = [self.model.encoders[modality].blocks[index], self.model.block_readouts(modality)[index]]
+        return any(p.requires_grad for module in modules for p in module.parameters())
+
+    def forward_loss(self, inputs: Inputs, labels: Tensor) -> tuple[CAPOutput, Tensor, list[KeptBlock]]:
+        """Step 1 and the head of step 2: the loss, with recomputed blocks' patterns as leaves."""
+        model: CAPModel = self.model
+        kept: list[KeptBlock] = []
+        patterns: list[Tensor] = []
+        slices: list[int] = []
+        for name, x in model.as_inputs(inputs).items():
+            first_kept = max(0, len(model.encoders[name].blocks) - self.keep_last)
+            rng = _rng_state(x.device)
+            with torch.no_grad():
+                for block in model.iter_blocks({name: x}, stop=first_kept):
+                    leaf = block.pattern
+                    if self._trainable(name, block.index):
+                        kept.append(KeptBlock(name, block.index, block.input, rng, leaf.requires_grad_()))
+                    patterns.append(leaf)
+                    slices.append(block.slice)
+                    rng = _rng_state(x.device)  # blocks draw their dropout masks in the block, readouts draw none
+                    x = block.activation
+            for block in model.iter_blocks({name: x}, start=first_kept):  # kept graphs: the loss' backward frees them
+                patterns.append(block.pattern)
+                slices.append(block.slice)
+        output = model.score(patterns, slices)
+        return output, training_loss(output, labels), kept
+
+    def recompute(self, kept: KeptBlock) -> Tensor:
+        """Block ``kept`` again, with autograd, from its kept input and RNG state (statistics untouched)."""
+        _set_rng_state(kept.input.device, kept.rng)
+        block = next(self.model.iter_blocks({kept.modality: kept.input}, start=kept.index, stop=kept.index + 1))
+        return block.pattern
+
+    def backward(self, loss: Tensor, kept: list[KeptBlock]) -> None:
+        """Step 2's backward (head gradients, dL/dm_i, kept graphs), then step 3: each recomputed block,
+        one at a time, from the deepest to the first. The order changes no gradient (each block needs
+        only its own dL/dm_i); deepest first frees each kept input as soon as possible, so when the
+        first block (the largest graph, in conv backbones) is recomputed no other input is held."""
+        loss.backward()
+        resume_rng = _rng_state(loss.device)
+        try:
+            while kept:
+                block = kept.pop()
+                modules = (self.model.encoders[block.modality].blocks[block.index], self.model.block_readouts(block.modality)[block.index])
+                with batchnorm_stats_frozen(*modules):  # restored after the backward that reads them
+                    self.recompute(block).backward(block.leaf.grad)
+                del block
+        finally:
+            _set_rng_state(loss.device, resume_rng)
