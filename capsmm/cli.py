@@ -7,10 +7,18 @@ wrong and the valid choices; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
+from . import __version__
 from .config import build_runs, describe_keys, parse_assignment
 from .errors import CapsmmError, TrainingError
 
@@ -96,8 +104,25 @@ def runs_from_args(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, .
     return runs
 
 
+def crash_log(error: BaseException) -> Path:
+    """Write the traceback of an unexpected ``error`` to a new log file; returns its path."""
+    folder = Path(os.environ.get("CAPSMM_LOG_DIR") or tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"capsmm-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"capsmm {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}\n")
+        handle.write(f"command: {' '.join(sys.argv)}\n\n")
+        handle.write("".join(traceback.format_exception(error)))
+    return Path(name)
+
+
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a ``main(argv)``: a :class:`CapsmmError` becomes one line on stderr and an exit status."""
+    """Wrap a ``main(argv)``: every failure ends in one line on stderr and an exit status.
+
+    A :class:`CapsmmError` (something the user can fix) exits 2, or 1 for a training failure; any
+    other exception is a fault of capsmm or of the machine (out of memory, a full disk...): one
+    line naming it and a log file holding its traceback, exit status 1.
+    """
 
     def wrapper(argv: list[str] | None = None) -> int:
         try:
@@ -111,6 +136,12 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
         except KeyboardInterrupt:
             print("interrupted; the last finished epoch is checkpointed: rerun with --resume to continue", file=sys.stderr)
             return 130
+        except Exception as error:  # noqa: BLE001 - the one place that turns any failure into one line
+            first = (str(error).splitlines() or [""])[0][:300]
+            log = crash_log(error)
+            print(f"error: unexpected {type(error).__name__}: {first} (the traceback is in {log}; "
+                  "please report it with that file)", file=sys.stderr)
+            return 1
 
     wrapper.__doc__ = main.__doc__
     return wrapper

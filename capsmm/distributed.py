@@ -37,6 +37,11 @@ class DistContext:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or not launched by torchrun at all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def launched_by_torchrun() -> bool:
     return world_size() > 1
 

@@ -6,7 +6,14 @@ traceback), so every message must say what is wrong *and* how to fix it.
 
 
 class CapsmmError(Exception):
-    """Base class of the errors a user can fix without reading capsmm's code."""
+    """Base class of the errors a user can fix without reading capsmm's code.
+
+    The message is kept on one line whatever it quotes (a value with a line break in it is shown
+    with the break escaped), so that it prints as the single line the CLIs promise.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class ConfigError(CapsmmError, ValueError):

@@ -21,7 +21,7 @@ from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tempora
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .metrics import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
@@ -199,6 +199,9 @@ class Trainer:
         """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
         epochs = self.train_config.epochs
         start = 0
+        if len(self.train_loader) == 0:
+            raise DataError(f"no training batch: the training split holds fewer samples than one batch of {self.train_config.batch_size}"
+                            f"{' over ' + str(self.dist.world) + ' ranks' if self.dist.enabled else ''}; lower train.batch_size")
         if self.dist.is_main:
             remove_stale_temporaries(self.out_dir)  # what a process killed while writing left behind
         if self.checkpoint_path.exists():
@@ -243,7 +246,7 @@ class Trainer:
                 f"epoch {epoch + 1}/{epochs} {mode:9s} lr {lr:.2e}  loss {record['train_loss']:.4f}  "
                 f"train err {record['train_error']:.2%}  test err {record['test_error']:.2%}  {record['epoch_seconds']:.1f}s"
             )
-        results = self.results()
+        results = gather_objects(self.dist, self.results())[0]  # rank 0's figures (evaluators run there) on every rank
         if self.dist.is_main:
             atomic_write_json(self.out_dir / RESULTS, results)
         return results

@@ -25,11 +25,11 @@ import torch.multiprocessing as mp
 
 from capsmm import build_model
 from capsmm.benchmark import DATASET_SHAPES
-from capsmm.block_parallel import BlockParallelCAPs, PipelineBP
 from capsmm.cli import OneLineArgumentParser, guarded
+from capsmm.config import TrainConfig
 from capsmm.distributed import DistContext
 from capsmm.errors import ConfigError
-from capsmm.step import make_adam, train_step
+from capsmm.strategies import build_strategy
 
 
 def _model(args: argparse.Namespace, mode: str):
@@ -46,14 +46,16 @@ def _batch(args: argparse.Namespace, in_shape, classes):
 def _worker(rank: int, world: int, port: int, method: str, micro_batches: int, args: argparse.Namespace, out: Path) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    model, in_shape, classes = _model(args, "caps" if method == "caps" else "bp")
-    stage = (BlockParallelCAPs if method == "caps" else PipelineBP)(model, DistContext(rank, world, rank), in_shape)
+    mode = "caps" if method == "caps" else "bp"
+    model, in_shape, classes = _model(args, mode)
+    stage = build_strategy(model, TrainConfig(mode=mode, parallel="blocks", micro_batches=micro_batches), torch.device("cpu"),
+                           DistContext(rank, world, rank))
     images, labels = _batch(args, in_shape, classes)
     times = []
     for step in range(args.warmup + args.iters):
         dist.barrier()
         start = time.perf_counter()
-        stage.step(images, labels, micro_batches)
+        stage.step(images, labels)
         dist.barrier()
         if step >= args.warmup:
             times.append((time.perf_counter() - start) * 1000)
@@ -67,12 +69,12 @@ def _worker(rank: int, world: int, port: int, method: str, micro_batches: int, a
 def _single_process_caps(args: argparse.Namespace) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     model, in_shape, classes = _model(args, "caps")
-    optimizer = make_adam(model.parameters(), lr=5e-4)
+    strategy = build_strategy(model, TrainConfig(mode="caps"), torch.device("cpu"))
     images, labels = _batch(args, in_shape, classes)
     times = []
     for step in range(args.warmup + args.iters):
         start = time.perf_counter()
-        train_step(model, optimizer, images, labels)
+        strategy.step(images, labels)
         if step >= args.warmup:
             times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from capsmm.cli import VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
 from capsmm.config import RunConfig
+from capsmm.distributed import is_main_process
 from capsmm.reporting import results_table
 from capsmm.run import train
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["--config", str(QUICKSTART)])
     runs = runs_from_args(args, VISION_FLAGS, RunConfig)
     results = [train(run, resume=args.resume) for run in runs]
-    if len(results) > 1:
+    if len(results) > 1 and is_main_process():
         print(results_table(results))
     return 0
 

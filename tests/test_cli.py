@@ -107,3 +107,19 @@ def test_quickstart_with_no_arguments(tmp_path, monkeypatch, capsys):
     for mode in ("bp", "caps"):
         results = json.loads((tmp_path / "runs" / "quickstart" / mode / "results.json").read_text())
         assert results["test_error"] < 0.1  # chance: 0.9
+
+
+def test_an_unexpected_failure_is_one_line_and_a_log_with_the_traceback(monkeypatch, capsys, tmp_path):
+    import capsmm.run
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("allocator: out of memory\nsecond line of detail")
+
+    monkeypatch.setattr(capsmm.run, "load_image_dataset", explode)
+    monkeypatch.setenv("CAPSMM_LOG_DIR", str(tmp_path / "logs"))
+    code, _, err = run_main(["--dataset", "digits", "--out", str(tmp_path / "run")], capsys)
+    assert code == 1
+    assert_one_line_error(err, "unexpected RuntimeError: allocator: out of memory", str(tmp_path / "logs"))
+    [log] = (tmp_path / "logs").iterdir()
+    assert log.name in err
+    assert "Traceback" in log.read_text() and "second line of detail" in log.read_text() and "explode" in log.read_text()

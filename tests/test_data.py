@@ -1,12 +1,15 @@
 """Data loaders, tested on small files written in each data set's real on-disk format."""
 
+import hashlib
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import datasets
 
 from capsmm.config import DataConfig
 from capsmm.data import BatchLoader, ImageSet, ModalSplit, image_split, load_image_dataset, random_crop_flip, resolve_data_root, same_class_partners
@@ -62,9 +65,26 @@ def write_cifar(root, hundred, n=6, seed=0):
     return written
 
 
+def expect_written_sums(monkeypatch, root, hundred):
+    """Make torchvision expect the MD5s of the files written here (the library keeps its checks on)."""
+    cls = datasets.CIFAR100 if hundred else datasets.CIFAR10
+    folder = root / "torchvision" / cls.base_folder
+    md5 = lambda name: hashlib.md5((folder / name).read_bytes()).hexdigest()  # noqa: E731
+    monkeypatch.setattr(cls, "train_list", [[name, md5(name)] for name, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[name, md5(name)] for name, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("CAPSMM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.mark.parametrize("name, hundred", [("cifar10", False), ("cifar100", True)])
-def test_cifar_reads_torchvision_python_batches(tmp_path, name, hundred):
+def test_cifar_reads_torchvision_python_batches(tmp_path, monkeypatch, name, hundred):
     written = write_cifar(tmp_path, hundred)
+    expect_written_sums(monkeypatch, tmp_path, hundred)
     data = load_image_dataset(DataConfig(name=name, root=str(tmp_path), download=False))
     assert data.in_shape == (3, 32, 32) and data.num_classes == (100 if hundred else 10)
     first, labels = written["train"][0]
@@ -72,6 +92,33 @@ def test_cifar_reads_torchvision_python_batches(tmp_path, name, hundred):
     assert torch.equal(data.train.images[0], torch.from_numpy(first[0].reshape(3, 32, 32)))
     assert data.train.labels[: len(labels)].tolist() == labels
     assert len(data.train) == sum(len(l) for _, l in written["train"])
+
+
+def test_cifar_batches_are_hashed_once_and_again_when_they_change(tmp_path, monkeypatch):
+    import capsmm.data.integrity as integrity
+
+    write_cifar(tmp_path, hundred=False)
+    folder = expect_written_sums(monkeypatch, tmp_path, hundred=False)
+    hashed = []
+    real = integrity.check_integrity
+    monkeypatch.setattr(integrity, "check_integrity", lambda path, md5: hashed.append(Path(path).name) or real(path, md5))
+    config = DataConfig(name="cifar10", root=str(tmp_path), download=False)
+    load_image_dataset(config)
+    assert sorted(set(hashed)) == ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    hashed.clear()
+    load_image_dataset(config)
+    assert hashed == []  # verified before, unchanged since
+    # a batch replaced by a pickle that would run code: same name, other bytes
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((6, 3072), np.uint8), "labels": [0] * 6}))
+    with pytest.raises(DataError, match="cifar10.*corrupted"):
+        load_image_dataset(config)
+    assert "data_batch_3" in hashed
+
+
+def test_cifar_with_the_real_sums_refuses_other_files(tmp_path):
+    write_cifar(tmp_path, hundred=False)  # random bytes: not the published batches
+    with pytest.raises(DataError, match="corrupted"):
+        load_image_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=False))
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -130,6 +177,16 @@ def test_image_folder_any_size_grayscale_or_colour(tmp_path, colour):
     assert len(data.train) == 9 and len(data.test) == 9
     ant = data.train.images[data.train.labels == 0]
     assert int(ant[0, 0, 0, 0]) == 40  # "ant" was written with index 1 -> value 40
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n truncated"])
+def test_a_corrupt_image_in_a_folder_is_a_one_line_error_naming_it(tmp_path, content):
+    write_folder(tmp_path, colour=False, sizes=[(8, 8)])
+    broken = tmp_path / "train" / "cat" / "broken.png"
+    broken.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_image_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
+    assert str(broken) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_image_folder_relative_path_and_layout_errors(tmp_path):

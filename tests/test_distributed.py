@@ -198,3 +198,24 @@ def test_split_blocks():
     assert split_blocks(8, 3) == [range(0, 3), range(3, 6), range(6, 8)]
     with pytest.raises(Exception, match="each rank needs at least one block"):
         split_blocks(2, 3)
+
+
+def test_multimodal_training_under_torchrun_is_data_parallel_and_rank_0_writes(tmp_path):
+    from test_audio import write_fsdd
+
+    write_fsdd(tmp_path / "fsdd", speakers=("ann", "bob"), digits=10, takes=8)
+    args = ["--image-dataset", "digits", "--audio-dataset", "fsdd", "--audio-root", str(tmp_path), "--epochs", "2",
+            "--batch-size", "32", "--device", "cpu", "--no-progress", "--set", "image_model.hidden=32", "--set", "image_model.depth=2",
+            "--set", "audio_model.width_mult=0.25", "--set", "model.pattern_width=32", "--set", "audio.duration=0.25",
+            "--set", "image.train_subset=200", "--set", "image.test_subset=50", "--out", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "scripts" / "train_multimodal.py"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("-> ") == 1, "only rank 0 prints the run's first line"
+    assert "x 2 ranks" in result.stdout
+    import json
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]  # one writer
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["test_error_by_modality"]) == {"audio", "image", "audio+image"}

@@ -16,6 +16,7 @@ from capsmm import CAPModel, training_loss  # noqa: E402
 from capsmm.config import AudioDataConfig, DataConfig  # noqa: E402
 from capsmm.data import load_image_dataset  # noqa: E402
 from capsmm.encoder import build_encoder  # noqa: E402
+from capsmm.errors import DataError  # noqa: E402
 from modalities.audio import load_audio_dataset  # noqa: E402
 from modalities.hf import HFEncoder  # noqa: E402
 
@@ -102,3 +103,16 @@ def test_datasets_saved_to_disk_with_image_audio_and_label_columns(tmp_path):
     assert audio.train.waves.shape == (6, 4000) and audio.test.labels.tolist() == [0, 1, 0, 1]
     spectrum = torch.fft.rfft(audio.train.waves[1, :2000]).abs()
     assert abs(int(spectrum.argmax()) * 8000 / 2000 - 900) < 10  # 900 Hz tone, resampled 16 -> 8 kHz
+
+
+def test_a_corrupt_image_row_is_a_one_line_error_naming_the_row(tmp_path):
+    splits = {}
+    for split in ("train", "test"):
+        images = [{"bytes": png(40), "path": None}, {"bytes": b"\x89PNG\r\n\x1a\n but then nothing", "path": None}]
+        table = datasets.Dataset.from_dict({"image": images, "label": [0, 1]}).cast_column("image", datasets.Image())
+        splits[split] = table
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError) as info:
+        load_image_dataset(DataConfig(name="hf-disk", root=str(tmp_path), path="saved", image_size=8))
+    message = str(info.value)
+    assert "[train] row 1" in message and str(tmp_path / "saved") in message and "\n" not in message

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from ..config import DataConfig
 from ..errors import DataError
 from .base import DATASETS, ImageDataset, ImageSet
+from .integrity import VerifiedOnce
 
 
 @DATASETS.register("digits")
@@ -34,20 +35,6 @@ def load_digits(config: DataConfig, root: Path) -> ImageDataset:
         ImageSet(images[test_idx], labels[test_idx]),
         [str(c) for c in range(10)],
     )
-
-
-def _without_file_hashes(cls: type) -> type:
-    """torchvision's CIFAR class, checking that the extracted files exist rather than re-hashing them.
-
-    torchvision verifies the archive's MD5 when it downloads it; re-hashing every extracted batch
-    on each start costs seconds and rejects the small files the tests write in the same format.
-    A corrupt batch still fails, when it is unpickled.
-    """
-    return type(f"{cls.__name__}Files", (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
 
 
 def _expected_files(cls: type, folder: Path) -> tuple[Path, list[str]]:
@@ -94,8 +81,8 @@ for _name, _cls in {
     "mnist": datasets.MNIST,
     "fashion-mnist": datasets.FashionMNIST,
     "kmnist": datasets.KMNIST,
-    "cifar10": _without_file_hashes(datasets.CIFAR10),
-    "cifar100": _without_file_hashes(datasets.CIFAR100),
+    "cifar10": type("CIFAR10", (VerifiedOnce, datasets.CIFAR10), {}),
+    "cifar100": type("CIFAR100", (VerifiedOnce, datasets.CIFAR100), {}),
 }.items():
     _register_torchvision(_name, _cls)
 
@@ -104,12 +91,17 @@ def _read_folder(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, l
     transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
     try:
         ds = datasets.ImageFolder(str(folder), transform=transform)
-        pairs = [ds[i] for i in range(len(ds))]
     except (FileNotFoundError, OSError) as error:
         raise DataError(f"cannot read image folder {folder}: {error}") from None
-    images = torch.stack([image for image, _ in pairs])
-    labels = torch.tensor([label for _, label in pairs])
-    return images, labels, ds.classes
+    images, labels = [], []
+    for index, (path, label) in enumerate(ds.samples):
+        try:
+            image, _ = ds[index]
+        except Exception as error:  # PIL raises UnidentifiedImageError, OSError, ValueError, DecompressionBombError...
+            raise DataError(f"cannot decode image {path} ({type(error).__name__}: {error}); remove or replace the file") from None
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images), torch.tensor(labels), ds.classes
 
 
 @DATASETS.register("imagefolder")

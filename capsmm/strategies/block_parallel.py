@@ -180,31 +180,43 @@ class BlockParallel(Strategy):
         return [(x, y, len(y) / len(labels)) for x, y in zip(images.chunk(self.train_config.micro_batches),
                                                              labels.chunk(self.train_config.micro_batches))]
 
+    def head_backward(self, own: list[BlockPass], labels: Tensor, share: float, reported: list[tuple[Tensor, Tensor]]) -> list[tuple[int, Tensor]]:
+        """On the head rank: the micro-batch's loss (weighted by its ``share`` of the batch) and its
+        backward through the head and this rank's blocks; appends (loss, logits) to ``reported`` and
+        returns the received patterns' leaves, which now hold dL/dm_i."""
+        output, leaves = self.head_output(own, len(labels))
+        loss = training_loss(output, labels) * share
+        loss.backward()
+        reported.append((loss.detach(), output.logits.detach()))
+        return leaves
+
+    @staticmethod
+    def batch_report(reported: list[tuple[Tensor, Tensor]]) -> tuple[Tensor | None, Tensor | None]:
+        """The whole batch's loss and logits from the micro-batches' (on the head rank; None elsewhere)."""
+        if not reported:
+            return None, None
+        return torch.stack([loss for loss, _ in reported]).sum(), torch.cat([logits for _, logits in reported])
+
     def backward(self, images: Tensor, labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Forward and backward of one batch (every rank passes the same batch); gradients land in
         this rank's parameters. Returns the loss and logits on the head rank, (None, None) elsewhere."""
         rank = self.dist.rank
-        waiting, losses, logits = [], [], []
+        waiting, reported = [], []
         for x, y, share in self.chunks(images, labels):
             if rank > 0:
                 x = self.recv_input(len(y))
             out, own = self.run_own_blocks(x)
             self.pass_on(out, own)
             if rank == self.head_rank:
-                output, leaves = self.head_output(own, len(y))
-                loss = training_loss(output, y) * share
-                loss.backward()  # the head's gradients, this rank's blocks, and dL/dm_i of the others' patterns
-                for block, leaf in leaves:
+                for block, leaf in self.head_backward(own, y, share, reported):
                     self.send(leaf.grad, self.owner(block), "pattern_grads")
-                losses.append(loss.detach())
-                logits.append(output.logits.detach())
             else:
                 waiting.append(own)
         for own in waiting:  # drain: each micro-batch's dL/dm_i as the head rank returns them
             grads = [self.recv(p.pattern.shape, self.head_rank) for p in own]
             torch.autograd.backward([p.pattern for p in own], [g.to(p.pattern.dtype) for g, p in zip(grads, own)])
         self.flush()
-        return (torch.stack(losses).sum(), torch.cat(logits)) if losses else (None, None)
+        return self.batch_report(reported)
 
     def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
         """:meth:`backward` on one batch, then this rank's optimiser step on its own parameters. Timed
@@ -248,17 +260,13 @@ class PipelineBP(BlockParallel):
 
     def backward(self, images: Tensor, labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
         rank, last = self.dist.rank, self.dist.world - 1
-        kept, losses, logits = [], [], []
+        kept, reported = [], []
         for x, y, share in self.chunks(images, labels):
             if rank > 0:
                 x = self.recv_input(len(y)).requires_grad_()
             out, own = self.run_own_blocks(x)
             if rank == last:
-                output, _ = self.head_output(own, len(y))
-                loss = training_loss(output, y) * share
-                loss.backward()
-                losses.append(loss.detach())
-                logits.append(output.logits.detach())
+                self.head_backward(own, y, share, reported)
                 if rank > 0:
                     self.send(x.grad, rank - 1, "activation_grads")
             else:
@@ -269,7 +277,7 @@ class PipelineBP(BlockParallel):
             if rank > 0:
                 self.send(x.grad, rank - 1, "activation_grads")
         self.flush()
-        return (torch.stack(losses).sum(), torch.cat(logits)) if losses else (None, None)
+        return self.batch_report(reported)
 
 
 @torch.no_grad()

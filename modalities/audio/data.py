@@ -73,14 +73,14 @@ def fix_length(wave: Tensor, length: int) -> Tensor:
 _resamplers: dict[tuple[int, int], Callable[[Tensor], Tensor]] = {}
 
 
-def read_wave(source: Path | BinaryIO, sample_rate: int) -> Tensor:
+def read_wave(source: Path | BinaryIO, sample_rate: int, name: str | None = None) -> Tensor:
     """A mono float32 (T,) waveform at ``sample_rate`` from a file or a file-like object (encoded
-    bytes); an unreadable one is a one-line :class:`DataError`."""
+    bytes, called ``name`` in errors); an unreadable one is a one-line :class:`DataError`."""
     soundfile = require("soundfile", "reading audio files")
     try:
         data, rate = soundfile.read(source if hasattr(source, "read") else str(source), dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises its own LibsndfileError, RuntimeError, ...
-        raise DataError(f"cannot read audio file {getattr(source, 'name', source)}: {error}") from None
+        raise DataError(f"cannot read audio file {name or getattr(source, 'name', source)}: {error}") from None
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         if (rate, sample_rate) not in _resamplers:

@@ -56,13 +56,25 @@ def _file(value: object) -> io.BytesIO | Path:
     raise DataError(f"unexpected column value {type(value).__name__}; expected an Image or Audio feature")
 
 
+def _decode_image(value: object, size: int, where: str) -> np.ndarray:
+    """One undecoded Image value as an RGB array of ``size`` x ``size``; a broken one is a one-line DataError naming it."""
+    source = _file(value)
+    try:
+        with Image.open(source) as image:
+            return np.asarray(image.convert("RGB").resize((size, size)))
+    except Exception as error:  # PIL raises UnidentifiedImageError, OSError, ValueError, DecompressionBombError...
+        name = source if isinstance(source, Path) else where
+        raise DataError(f"cannot decode image {name} ({type(error).__name__}: {error}); fix or drop that row") from None
+
+
 @DATASETS.register("hf-disk")
 def load_hf_images(config: DataConfig, root: Path) -> ImageDataset:
     """The ``image`` column of a saved DatasetDict at ``data.path`` (relative to the root) or the root."""
-    values, labels, classes = load_disk_split_columns(root / config.path if config.path else root, "image")
+    folder = root / config.path if config.path else root
+    values, labels, classes = load_disk_split_columns(folder, "image")
     sets = {}
     for split, items in values.items():
-        images = [np.asarray(Image.open(_file(item)).convert("RGB").resize((config.image_size, config.image_size))) for item in items]
+        images = [_decode_image(item, config.image_size, f"{folder} [{split}] row {row}") for row, item in enumerate(items)]
         sets[split] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     train, test = grey_if_colourless(sets["train"], sets["test"])
     return ImageDataset("hf-disk", ImageSet(train, labels["train"]), ImageSet(test, labels["test"]), classes)
@@ -71,9 +83,11 @@ def load_hf_images(config: DataConfig, root: Path) -> ImageDataset:
 @AUDIO_DATASETS.register("hf-disk")
 def load_hf_audio(config: AudioDataConfig, root: Path) -> AudioDataset:
     """The ``audio`` column of a saved DatasetDict at ``audio.path`` (relative to the root) or the root."""
-    values, labels, classes = load_disk_split_columns(root / config.path if config.path else root, "audio")
+    folder = root / config.path if config.path else root
+    values, labels, classes = load_disk_split_columns(folder, "audio")
     sets = {}
     for split, items in values.items():
-        waves = torch.stack([fix_length(read_wave(_file(item), config.sample_rate), config.length) for item in items])
+        waves = torch.stack([fix_length(read_wave(_file(item), config.sample_rate, name=f"{folder} [{split}] row {row}"), config.length)
+                             for row, item in enumerate(items)])
         sets[split] = AudioSet(waves, labels[split], [f"{split}-{i}" for i in range(len(waves))])
     return AudioDataset("hf-disk", sets["train"], sets["test"], classes, config.sample_rate)

@@ -1,0 +1,267 @@
+"""The combination matrix: every mode x memory x amp x readout norm x frozen modality x parallel.
+
+Each combination is either refused when its config is read (``validate()``, before any data), or
+takes two training steps on a tiny model and is compared with its reference:
+
+- ``standard`` in one process is the reference itself: the loss is finite, the trainable
+  parameters move, a frozen modality's parameters and statistics do not;
+- ``lean`` against ``standard`` in one process (same mode, amp, norm, frozen modality);
+- ``data`` (2 gloo ranks) against one process on the same global batch;
+- ``blocks`` (2 gloo ranks, 1 or 2 micro-batches) against one process' ``standard`` step.
+
+Each step is compared from the same parameters (the reference's are copied over after each step:
+Adam turns last-bit differences into visible ones); gradients are compared as the norm of the
+difference over the norm of the reference, per parameter, the largest over the model and the two
+steps. ``python tests/combinations.py`` prints the measured matrix as the README's table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from capsmm import CAPModel, build_encoder  # noqa: E402
+from capsmm.config import MultimodalRunConfig, RunConfig, TrainConfig, set_value  # noqa: E402
+from capsmm.distributed import DistContext  # noqa: E402
+from capsmm.errors import ConfigError  # noqa: E402
+from capsmm.strategies import build_strategy  # noqa: E402
+
+MODES = ("bp", "caps", "caps-full", "local")
+MEMORY = ("standard", "lean")
+AMP = ("none", "bf16")
+NORMS = ("batchnorm", "layernorm", "none")
+FROZEN = (False, True)
+PARALLEL = ("none", "data", "blocks-1", "blocks-2")
+
+BATCH, CLASSES, IN_SHAPE = 16, 5, (1, 8, 8)
+#: relative gradient difference under which a combination counts as exact (float32 summation order)
+EXACT = 1e-4
+
+
+@dataclass(frozen=True)
+class Combo:
+    mode: str
+    memory: str
+    amp: str
+    norm: str
+    frozen: bool
+    parallel: str
+    batch: int = BATCH
+
+    @property
+    def world(self) -> int:
+        return 1 if self.parallel == "none" else 2
+
+    @property
+    def micro_batches(self) -> int:
+        return 2 if self.parallel == "blocks-2" else 1
+
+    @property
+    def id(self) -> str:
+        return f"b{self.batch}-{self.mode}-{self.memory}-amp_{self.amp}-{self.norm}-{'frozen' if self.frozen else 'single'}-{self.parallel}"
+
+    def claim(self) -> str:
+        """What the README claims when the combination is accepted: ``reference``, ``exact``, or
+        ``approximate (why)``."""
+        if self.parallel == "none" and self.memory == "standard":
+            return "reference"
+        if self.parallel == "data" and self.norm == "batchnorm":
+            return "approximate (batch statistics per rank)"
+        if self.parallel == "blocks-2" and self.norm == "batchnorm":
+            return "approximate (batch statistics per micro-batch)"
+        if self.amp != "none":
+            return "approximate (bf16 sums in another order)"
+        return "exact"
+
+    def expected_refusal(self) -> bool:
+        """Which combinations the README says are refused (an independent statement of the rules)."""
+        lean_without_cut = self.memory == "lean" and self.mode in ("bp", "caps-full")
+        blocks = self.parallel.startswith("blocks")
+        return lean_without_cut or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full"))
+
+
+def all_combos(batch: int = BATCH) -> list[Combo]:
+    return [Combo(*values, batch=batch) for values in itertools.product(MODES, MEMORY, AMP, NORMS, FROZEN, PARALLEL)]
+
+
+def config_for(combo: Combo) -> Any:
+    """The run config a user would write for ``combo`` (a joint image+audio extension when frozen)."""
+    train = {"train.mode": combo.mode, "train.memory": combo.memory, "train.amp": combo.amp, "train.batch_size": combo.batch,
+             "train.parallel": "blocks" if combo.parallel.startswith("blocks") else "data", "train.micro_batches": combo.micro_batches}
+    if combo.frozen:
+        config = MultimodalRunConfig()
+        settings = {**train, "model.readout_norm": combo.norm, "multimodal.extend_from": "runs/trained-image-model"}
+    else:
+        config = RunConfig()
+        settings = {**train, "data.name": "digits", "model.readout_norm": combo.norm}
+    for key, value in settings.items():
+        set_value(config, key, value)
+    return config
+
+
+def refusal(combo: Combo) -> str | None:
+    try:
+        config_for(combo).validate()
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def build(combo: Combo, dropout: float) -> tuple[CAPModel, Any, torch.Tensor, list[str]]:
+    """The tiny model of ``combo`` (seeded), a batch, and the names of its frozen modalities."""
+    torch.manual_seed(0)
+    names = ["a", "b"] if combo.frozen else ["image"]
+
+    def encoder() -> torch.nn.Module:
+        return build_encoder("mlp", in_shape=IN_SHAPE, depth=4, hidden=32, dropout=dropout)
+
+    model = CAPModel({names[0]: encoder()}, {names[0]: IN_SHAPE}, num_classes=CLASSES, mode=combo.mode, pattern_width=16,
+                     readout_norm=combo.norm)
+    frozen = names[:1] if combo.frozen else []
+    if frozen:  # as multimodal.extend_from does: freeze the trained model, append a modality
+        model.freeze()
+        model.add_modality(names[1], encoder(), IN_SHAPE)
+    generator = torch.Generator().manual_seed(1)
+    x = {name: torch.randn(combo.batch, *IN_SHAPE, generator=generator) for name in names}
+    y = torch.arange(combo.batch) % CLASSES
+    return model.train(), (x if combo.frozen else x["image"]), y, frozen
+
+
+def train_config(combo: Combo, memory: str | None = None, parallel: bool = True) -> TrainConfig:
+    config = config_for(combo).train
+    config.memory = memory or config.memory
+    config.lr = 0.01
+    if not parallel:
+        config.parallel, config.micro_batches = "data", 1
+    return config
+
+
+def shard(inputs: Any, labels: torch.Tensor, rank: int, world: int) -> tuple[Any, torch.Tensor]:
+    """Rank ``rank``'s equal share of a global batch (as :class:`capsmm.data.BatchLoader` deals it)."""
+    local = len(labels) // world
+    part = slice(rank * local, (rank + 1) * local)
+    return ({k: v[part] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[part]), labels[part]
+
+
+def relative_difference(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
+    worst = 0.0
+    for name, grad in grads.items():
+        ref = reference[name]
+        worst = max(worst, ((grad.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item())
+    return worst
+
+
+def gradients(model: torch.nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and (names is None or n in names)}
+
+
+def compare(combo: Combo, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Two steps of ``combo``'s strategy against its reference; see the module docstring."""
+    distributed = world > 1
+    model, x, y, frozen = build(combo, dropout=0.0 if distributed else 0.1)
+    reference_model, _, _, _ = build(combo, dropout=0.0 if distributed else 0.1)
+    context = DistContext(rank, world, rank)
+    strategy = build_strategy(model, train_config(combo), torch.device("cpu"), context)
+    reference_memory = combo.memory if combo.parallel == "data" else "standard"
+    reference = build_strategy(reference_model, train_config(combo, memory=reference_memory, parallel=False), torch.device("cpu"))
+    frozen_before = {n: t.clone() for n, t in [*model.named_parameters(), *model.named_buffers()]
+                     if n.split(".")[1] in frozen or n == "head.chunks.0" and frozen}
+    start = {n: p.clone() for n, p in model.named_parameters()}
+    owned = {n for n, p in model.named_parameters() if any(p is q for q in strategy.trainable_parameters())}
+    differences, losses = [], []
+    for step in range(2):
+        torch.manual_seed(10 + step)
+        local_x, local_y = shard(x, y, rank, world) if combo.parallel == "data" else (x, y)
+        out = strategy.step(local_x, local_y)
+        torch.manual_seed(10 + step)
+        ref_out = reference.step(x, y)
+        if out.loss is not None:
+            losses.append(out.loss.item())
+        if combo.memory != "standard" or distributed:
+            differences.append(relative_difference(gradients(model, owned), gradients(reference_model, owned)))
+            if combo.parallel != "data" and out.loss is not None:
+                differences.append(abs(out.loss.item() - ref_out.loss.item()) / abs(ref_out.loss.item()))
+            with torch.no_grad():
+                for p, q in zip(model.parameters(), reference_model.parameters()):
+                    p.copy_(q)
+    moved = any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n in owned)
+    frozen_kept = all(torch.equal(t, frozen_before[n]) for n, t in [*model.named_parameters(), *model.named_buffers()] if n in frozen_before)
+    return {"difference": max(differences, default=0.0), "losses": losses, "moved": moved, "frozen_kept": frozen_kept,
+            "trains": bool(owned)}
+
+
+def _worker(rank: int, world: int, port: int, combos: list[Combo], out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {combo.id: compare(combo, rank, world) for combo in combos}
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_distributed(combos: list[Combo]) -> dict[Combo, dict[str, Any]]:
+    """Every distributed combination in one launch of 2 gloo ranks; per combination, the worst of the ranks."""
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_worker, args=(2, _free_port(), combos, folder), nprocs=2, join=True)
+        ranks = [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(2)]
+    merged = {}
+    for combo in combos:
+        parts = [rank[combo.id] for rank in ranks]
+        merged[combo] = {"difference": max(p["difference"] for p in parts), "losses": [l for p in parts for l in p["losses"]],
+                         "moved": all(p["moved"] for p in parts if p["trains"]), "frozen_kept": all(p["frozen_kept"] for p in parts),
+                         "trains": any(p["trains"] for p in parts)}
+    return merged
+
+
+def measure_all(batch: int = BATCH) -> dict[Combo, dict[str, Any]]:
+    outcomes: dict[Combo, dict[str, Any]] = {}
+    distributed = []
+    for combo in all_combos(batch):
+        reason = refusal(combo)
+        if reason:
+            outcomes[combo] = {"refused": reason}
+        elif combo.world > 1:
+            distributed.append(combo)
+        else:
+            outcomes[combo] = compare(combo)
+    outcomes.update(run_distributed(distributed))
+    return outcomes
+
+
+def markdown(outcomes: dict[Combo, dict[str, Any]]) -> str:
+    """The matrix grouped by (memory, parallel, claim): how many combinations, the largest difference measured."""
+    rows: dict[tuple[str, str, str], list[tuple[Combo, dict[str, Any]]]] = {}
+    for combo, outcome in outcomes.items():
+        claim = f"refused: {outcome['refused']}" if "refused" in outcome else combo.claim()
+        rows.setdefault((combo.memory, combo.parallel, claim), []).append((combo, outcome))
+    lines = ["| memory | parallel | outcome | combinations | largest gradient difference (fp32 / bf16) |", "|---|---|---|---|---|"]
+    for (memory, parallel, claim), members in sorted(rows.items()):
+        worst = {amp: max((o.get("difference", 0.0) for c, o in members if c.amp == amp), default=None) for amp in AMP}
+        figures = " / ".join("-" if w is None else f"{w:.1e}" for w in worst.values())
+        lines.append(f"| {memory} | {parallel} | {claim} | {len(members)} | {'-' if claim.startswith(('refused', 'reference')) else figures} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else BATCH  # a larger global batch, for the README's figures
+    print(f"global batch {batch}, MLP 4 x 32, pattern width 16, 2 gloo ranks")
+    print(markdown(measure_all(batch)))
