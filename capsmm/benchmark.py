@@ -108,10 +108,8 @@ def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *
                 torch.cuda.synchronize(device)
             _step(variant, images, labels, timer)
             phases = timer.collect()
-            variant.times["forward_ms"].append(phases["forward_ms"])
-            variant.times["backward_ms"].append(phases["backward_ms"])
-            variant.times["optimizer_ms"].append(phases["step_ms"])
-            variant.times["step_ms"].append(phases["forward_ms"] + phases["backward_ms"] + phases["step_ms"])
+            for key in variant.times:
+                variant.times[key].append(phases[key])
 
 
 def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[float, float, str]:

@@ -76,8 +76,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags: dict[str, tuple
     for flag, (_, kind, text) in flags.items():
         metavar = "A,B" if kind is comma_list else getattr(kind, "__name__", "VALUE").upper()
         parser.add_argument(flag, type=kind, dest=flag.lstrip("-").replace("-", "_"), default=None, metavar=metavar, help=text)
-    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out from their last checkpoint")
+    parser.add_argument("--seeds", type=int_list, metavar="0,1,2", help="run every cell under each of these seeds (train.seed as a sweep axis)")
+    parser.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
+    parser.add_argument("--force", action="store_true", help="train runs again that their folders hold finished")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
+
+
+#: flags that steer how runs are carried out without choosing which runs (alone, they keep the default config)
+CONTROL_FLAGS = ("--resume", "--force", "--no-progress")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got '{text}'") from None
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, got '{text}'")
+    return values
 
 
 def overrides_from(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, ...], Any, str]]) -> list[tuple[str, Any]]:
@@ -98,7 +114,7 @@ def config_epilog(schema: type) -> str:
 
 
 def runs_from_args(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, ...], Any, str]], schema: type) -> list[Any]:
-    runs = build_runs(args.config, overrides_from(args, flags), schema)
+    runs = build_runs(args.config, overrides_from(args, flags), schema, seeds=args.seeds)
     for run in runs:
         run.validate()
     return runs

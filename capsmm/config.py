@@ -69,16 +69,23 @@ def in_range(low: float, high: float, *, open_high: bool = True) -> Check:
 non_negative = at_least(0)
 
 
-def one_of(values: Sequence[str] | Callable[[], Sequence[str]]) -> Check:
-    """The value must be one of ``values`` (a callable is asked when checking: registries fill late)."""
-    def check(key: str, value: Any) -> str | None:
-        valid = list(values() if callable(values) else values)
+class one_of:  # noqa: N801 - used like the other check factories
+    """Check: the value must be one of ``values`` (a callable is asked when checking: registries fill
+    late). ``--help`` lists the choices."""
+
+    def __init__(self, values: Sequence[str] | Callable[[], Sequence[str]]) -> None:
+        self.values = values
+
+    def choices(self) -> list[str]:
+        return list(self.values() if callable(self.values) else self.values)
+
+    def __call__(self, key: str, value: Any) -> str | None:
+        valid = self.choices()
         if value in valid:
             return None
         close = difflib.get_close_matches(str(value), valid, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown {key} '{value}'{hint}; valid: {', '.join(valid)}"
-    return check
 
 
 def increasing_epochs(key: str, values: Any) -> str | None:
@@ -243,7 +250,8 @@ class TrainConfig:
                                  check=non_negative)
     diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512,
                                    check=in_range(2, 2**20, open_high=False))
-    progress: bool = opt('show a tqdm progress bar per epoch', True)
+    progress: bool = opt('show a tqdm progress bar per epoch (its loss: the running mean over the epoch)', True)
+    tensorboard: bool = opt('also write TensorBoard event files to <run>/tensorboard (pip install capsmm[tensorboard]); metrics.jsonl stays the record', False)
     parallel: str = opt('under torchrun: data (each rank a share of every batch) or blocks (each rank a run of blocks: '
                         'block-parallel for caps/local, a pipeline for bp)', "data", check=one_of(_registry_names("capsmm.strategies", "PARALLEL")))
     micro_batches: int = opt('parallel=blocks: micro-batches per batch, so that the ranks work at the same time '
@@ -262,7 +270,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str | None = opt("output folder (default runs/<dataset>_<backbone>_<mode>; with a sweep, the sweep's parent folder)", None)
+    out: str | None = opt("run folder when given on the command line; from a config file: the folder of its runs (README, Run folders)", None)
+
+    #: the keys that name a run when no config file does (their values start the folder's name)
+    identity_keys = ("data.name", "model.backbone", "train.mode")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -279,9 +290,8 @@ class RunConfig:
         return self
 
     def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("runs") / slug(f"{self.data.name}_{self.model.backbone}_{self.train.mode}")
+        """The run folder: ``out`` (set by :func:`build_runs`), else the rule of :func:`run_folder`."""
+        return Path(self.out) if self.out else run_folder(self, "runs", [], [], explicit_out=False, from_file=False)
 
 
 FUSIONS = ("joint", "late", "concat-bp")
@@ -317,7 +327,9 @@ class MultimodalRunConfig:
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
-    out: str | None = opt("output folder (default runs/mm_<modalities>_<fusion>_<mode>)", None)
+    out: str | None = opt("run folder when given on the command line; from a config file: the folder of its runs (README, Run folders)", None)
+
+    identity_keys = ("multimodal.modalities", "multimodal.fusion", "train.mode")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -345,10 +357,8 @@ class MultimodalRunConfig:
         return self
 
     def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        mm = self.multimodal
-        return Path("runs") / slug(f"mm_{'+'.join(mm.modalities)}_{mm.fusion}_{self.train.mode}")
+        """The run folder: ``out`` (set by :func:`build_runs`), else the rule of :func:`run_folder`."""
+        return Path(self.out) if self.out else run_folder(self, "runs", [], [], explicit_out=False, from_file=False)
 
 
 def _schedule_modes(mode: str) -> set[str]:
@@ -436,7 +446,9 @@ def describe_keys(schema: type = RunConfig) -> str:
             if "help" not in f.metadata:
                 continue
             key = f"{section}.{f.name}" if section else f.name
-            lines.append(f"  {key:26s} {_describe(hints[f.name])}, default {getattr(instance, f.name)!r}: {f.metadata['help']}")
+            check = f.metadata.get("check")
+            choices = f" [{', '.join(check.choices())}]" if isinstance(check, one_of) else ""
+            lines.append(f"  {key:26s} {_describe(hints[f.name])}, default {getattr(instance, f.name)!r}: {f.metadata['help']}{choices}")
     return "\n".join(lines)
 
 
@@ -557,11 +569,66 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_runs(config_file: str | Path | None, overrides: list[tuple[str, Any]], schema: type = RunConfig) -> list[Any]:
+#: keys (by suffix) that may differ between a run and its resumption, so they do not name its folder
+RESUMABLE_SUFFIXES = (".epochs", ".device", ".progress", ".tensorboard", ".eval_batch_size", ".root", ".dist_timeout")
+#: of those, the ones that do not change what a finished run computed (a rerun with them changed is the same run)
+INCIDENTAL_SUFFIXES = tuple(s for s in RESUMABLE_SUFFIXES if s != ".epochs")
+
+
+def flatten_dict(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (any depth)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flat_config(config: Any) -> dict[str, Any]:
+    """A run config as ``{"section.key": value}`` (top-level keys as they are)."""
+    return flatten_dict(config.to_dict())
+
+
+def shown(value: Any) -> str:
+    """A config value as it appears in folder names and tables (lists joined by ``+``)."""
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def run_folder(config: Any, base: str | Path, sweep_keys: Sequence[str], cli_keys: Sequence[str], *, explicit_out: bool,
+               from_file: bool) -> Path:
+    """The folder of a run: a function of its config, so the same run always lands in the same folder.
+
+    ``<base>/<name>/seed-<seed>``, where ``<name>`` joins, in this order: the values of the run's
+    identity keys (dataset, backbone, mode) when no config file names the runs; the values of every
+    key the config file's sweep varies (always, also when flags select one cell); ``key-value`` for
+    every other key set on the command line. Keys that a resumed run may change (epochs, device,
+    data root...) never name a folder, so an extended run is found where it was. ``--out DIR`` on the command line is the run folder itself (the sweep's values and
+    seeds below it when there are several).
+    """
+    flat = flat_config(config)
+    seeded = "train.seed" in sweep_keys
+    parts = [] if from_file or explicit_out else [shown(flat[k]) for k in config.identity_keys]
+    parts += [shown(flat[k]) for k in dict.fromkeys(sweep_keys) if k != "train.seed" and not k.endswith(RESUMABLE_SUFFIXES)]
+    if not explicit_out:
+        named = set(sweep_keys) | (set() if from_file else set(config.identity_keys)) | {"out", "train.seed"}
+        parts += [f"{k.rsplit('.', 1)[-1]}-{shown(flat[k])}" for k in dict.fromkeys(cli_keys)
+                  if k not in named and not k.endswith(RESUMABLE_SUFFIXES)]
+    folder = Path(base) / slug("_".join(parts)) if parts else Path(base)
+    return folder / f"seed-{config.train.seed}" if seeded or not explicit_out else folder
+
+
+def build_runs(config_file: str | Path | None, overrides: Sequence[tuple[str, Any] | str], schema: type = RunConfig,
+               seeds: Sequence[int] | None = None) -> list[Any]:
     """The run configs of a command: defaults <- file <- sweep variant <- command-line overrides.
 
-    With a sweep, every run gets ``out`` = ``<out>/<variant slug>``.
+    ``overrides`` are ``(key, value)`` pairs or ``"key=value"`` strings as ``--set`` takes them
+    (the value read as YAML): ``build_runs("configs/quickstart.yaml", ["train.epochs=2"])``.
+    ``seeds`` runs every cell under each seed (a sweep axis of ``train.seed``). Every run's ``out``
+    is its folder (:func:`run_folder`).
     """
+    overrides = [parse_assignment(o) if isinstance(o, str) else tuple(o) for o in overrides]
     base: dict[str, Any] = {}
     sweep = Sweep()
     source = str(config_file) if config_file else "command line"
@@ -569,16 +636,22 @@ def build_runs(config_file: str | Path | None, overrides: list[tuple[str, Any]],
         data = load_yaml(config_file)
         sweep = Sweep.from_yaml(data.pop("sweep", None), source)
         base = flatten_mapping(data, source, schema)
+    if seeds:
+        if any(key == "train.seed" for key, _ in overrides):
+            raise ConfigError("give either --seed or --seeds, not both")
+        sweep.axes = [axis for axis in sweep.axes if "train.seed" not in axis] + [{"train.seed": list(seeds)}]
+    sweep_keys = [key for axis in sweep.axes for key in axis]
     for key, value in overrides:
         sweep.fix(key, value)
-    default_out = Path("runs") / Path(config_file).stem if config_file else None
+    cli_keys = [key for key, _ in overrides]
+    explicit_out = "out" in cli_keys
+    default_base = Path("runs") / Path(config_file).stem if config_file else Path("runs")
     runs = []
     for variant in sweep.runs():
         config = schema()
         for key, value in itertools.chain(base.items(), variant.items(), overrides):
             set_value(config, key, value)
-        if sweep.axes:
-            root = Path(config.out) if config.out else default_out
-            config.out = str(root / slug("_".join(str(v) for v in variant.values())))
+        config.out = str(run_folder(config, config.out or default_base, sweep_keys, cli_keys, explicit_out=explicit_out,
+                                    from_file=config_file is not None))
         runs.append(config)
     return runs

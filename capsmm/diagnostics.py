@@ -130,7 +130,8 @@ def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], la
         model.train(was_training)
         for p, g in zip(model.parameters(), saved_grads):
             p.grad = g
-    return [None if a is None else F.cosine_similarity(a, b, dim=0).item() for a, b in zip(gradients["caps"], gradients["caps-full"])]
+    return [None if a is None else F.cosine_similarity(a, b, dim=0).clamp(-1.0, 1.0).item()
+            for a, b in zip(gradients["caps"], gradients["caps-full"])]
 
 
 @torch.no_grad()

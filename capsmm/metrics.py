@@ -30,7 +30,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 class PhaseTimer:
-    """Wall time of named phases (forward, backward, step) per batch.
+    """Wall time of named phases (forward, backward, optimizer) per batch.
 
     On CUDA it records events and reads them once per epoch (:meth:`collect`), so timing adds no
     synchronisation to the training loop; on CPU it reads ``perf_counter``.
@@ -55,13 +55,17 @@ class PhaseTimer:
             self.samples[name].append((time.perf_counter() - start_time) * 1000)
 
     def collect(self) -> dict[str, float]:
-        """Median milliseconds per phase since the last call, then reset."""
+        """Median milliseconds per phase since the last call (``<phase>_ms``) and of the whole step
+        (``step_ms``: the median over batches of each batch's phases summed), then reset."""
         if self._pending:
             torch.cuda.synchronize()
             for name, start, end in self._pending:
                 self.samples[name].append(start.elapsed_time(end))
             self._pending.clear()
+        series = [values for values in self.samples.values() if values]
         medians = {f"{name}_ms": statistics.median(values) for name, values in self.samples.items() if values}
+        if series and len({len(values) for values in series}) == 1:
+            medians["step_ms"] = statistics.median(map(sum, zip(*series)))
         self.samples.clear()
         return medians
 
@@ -69,6 +73,35 @@ class PhaseTimer:
 def phase_of(timer: PhaseTimer | None) -> Callable[[str], AbstractContextManager[None]]:
     """``timer.phase``, or a phase that measures nothing when there is no timer."""
     return timer.phase if timer is not None else (lambda name: nullcontext())
+
+
+#: the meaning of every metric name capsmm writes (results.json, metrics.jsonl, bench.json); docs/metrics.md shows it
+METRIC_NAMES: dict[str, str] = {
+    "forward_ms": "forward pass of one batch, loss included (median over batches, ms)",
+    "backward_ms": "backward pass of one batch (block-parallel: forward and backward, which interleave across ranks)",
+    "optimizer_ms": "the optimiser's step on one batch",
+    "step_ms": "one whole training step: forward + backward + optimizer of the same batch (median over batches)",
+    "epoch_seconds": "wall time of the epoch: training, evaluation, diagnostics, checkpoint",
+    "wall_seconds": "wall time of all epochs of the run, resumed ones included",
+    "train_loss": "mean training loss over the epoch's batches (dropout on)",
+    "train_error": "fraction of training samples misclassified during the epoch (dropout on)",
+    "test_error": "fraction of test samples misclassified, model in eval mode",
+    "best_test_error": "lowest test_error over the epochs",
+}
+
+
+def tidy(value: Any, key: str = "") -> Any:
+    """Numbers rounded to what they mean, recursively: times (``*_ms``, ``*_seconds``) to 1 microsecond
+    or millisecond, ``lr`` as is, every other float (errors, losses, cosines...) to 1e-6."""
+    if isinstance(value, dict):
+        return {k: tidy(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [tidy(v, key) for v in value]
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        if key.endswith(("_ms", "_seconds")):
+            return round(value, 3)
+        return value if key == "lr" else round(value, 6)
+    return value
 
 
 def peak_memory_mib(device: torch.device) -> tuple[float, str]:

@@ -184,7 +184,7 @@ def multimodal_loaders(train: Mapping[str, ModalSplit], test: Mapping[str, Modal
 
 def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapping[str, ModalSplit], train_config: Any,
                    out_dir: Path, *, run_config: dict[str, Any], summary: dict[str, Any], anchor: str, pairing: str = "class",
-                   modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False,
+                   modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False, force: bool = False,
                    extra_results: Callable[[nn.Module], dict[str, Any]] | None = None,
                    log: Callable[[str], None] = print, dist: DistContext = DistContext()) -> dict[str, Any]:
     """Train a multimodal model on paired splits and record per-modality errors and retrieval.
@@ -209,8 +209,8 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
         diagnostics = next(iter(diagnostic_loader))
     trainer = Trainer(strategy, train_loader, test_loader, out_dir, run_config=run_config, summary=summary,
                       evaluators=evaluators, diagnostics_batch=diagnostics, log=log)
-    results = trainer.fit(resume=resume)
-    if extra_results is not None:
+    results = trainer.fit(resume=resume, force=force)
+    if extra_results is not None and "frozen_predictions_unchanged" not in results:
         results.update(extra_results(trainer.model))
         if dist.is_main:
             atomic_write_json(Path(out_dir) / RESULTS, results)

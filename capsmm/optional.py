@@ -7,7 +7,7 @@ from types import ModuleType
 
 from .errors import CapsmmError
 
-EXTRAS = {"torchaudio": "audio", "soundfile": "audio", "transformers": "hf", "datasets": "hf"}
+EXTRAS = {"torchaudio": "audio", "soundfile": "audio", "transformers": "hf", "datasets": "hf", "tensorboard": "tensorboard"}
 
 
 def require(module: str, purpose: str) -> ModuleType:

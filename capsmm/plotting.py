@@ -1,7 +1,9 @@
-"""Figures that overlay runs (paper Figs. 2 and 3, gradient consistency, scale, per-block accuracy)."""
+"""Figures that overlay cells of runs (paper Figs. 2 and 3, gradient consistency, scale, per-block
+accuracy): one line per cell, the mean over its seeds with a ± std band."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,11 +13,13 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .runs import RunRecord  # noqa: E402
+from .runs import RunRecord, cell_label, cells, varying_keys  # noqa: E402
 
 
-def _finish(fig: plt.Figure, path: Path) -> Path:
+def _finish(fig: plt.Figure, path: Path, **legend: object) -> Path:
     for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**{"fontsize": 8, **legend})
         if ax.get_xlabel() in ("epoch", "block"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
@@ -24,50 +28,85 @@ def _finish(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+Cell = tuple[str, list[RunRecord]]
+
+
+def labelled_cells(runs: Sequence[RunRecord]) -> list[Cell]:
+    """(label, runs) per cell: runs differing only in the seed, labelled by the keys that vary."""
+    keys = varying_keys(runs)
+    return [(cell_label(members[0], keys), members) for members in cells(runs, keys).values()]
+
+
+def mean_series(members: Sequence[RunRecord], key: str) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, mean, std) of a scalar metric over a cell's runs, at every epoch some of them have."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in members:
+        for epoch, value in zip(*run.series(key)):
+            by_epoch.setdefault(epoch, []).append(float(value))
+    epochs = sorted(by_epoch)
+    return (epochs, [statistics.fmean(by_epoch[e]) for e in epochs],
+            [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
+
+
+def _line(ax: plt.Axes, members: Sequence[RunRecord], key: str, colour: str, label: str, style: str = "o-", scale: float = 1.0) -> None:
+    """The cell's mean per epoch, with markers (one-epoch runs show as points), and a ± std band over seeds."""
+    epochs, mean, std = mean_series(members, key)
+    if not epochs:
+        return
+    mean_scaled = [scale * m for m in mean]
+    n = len(members)
+    ax.plot(epochs, mean_scaled, style, color=colour, markersize=4, label=f"{label} (n={n})" if n > 1 else label)
+    if n > 1:
+        ax.fill_between(epochs, [scale * (m - d) for m, d in zip(mean, std)], [scale * (m + d) for m, d in zip(mean, std)],
+                        color=colour, alpha=0.15, linewidth=0)
+
+
 def plot_errors(runs: Sequence[RunRecord], path: Path) -> Path:
-    """Training (dashed) and test (solid) error per epoch (Fig. 2)."""
+    """Training (dashed) and test (solid) error per epoch (Fig. 2), mean ± std over seeds."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for index, run in enumerate(runs):
-        colour = f"C{index}"
-        for key, style, what in (("test_error", "-", "test"), ("train_error", "--", "train")):
-            epochs, values = run.series(key)
-            ax.plot(epochs, [100 * v for v in values], style, color=colour, label=f"{run.label()} {what}")
-    ax.set(xlabel="epoch", ylabel="error (%)", title="Training and test error")
+    for index, (label, members) in enumerate(labelled_cells(runs)):
+        _line(ax, members, "test_error", f"C{index}", f"{label} test", "o-", 100)
+        _line(ax, members, "train_error", f"C{index}", f"{label} train", "s--", 100)
+    ax.set(xlabel="epoch", ylabel="error (%)", title="Training and test error (band: ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return _finish(fig, path)
+
+
+def _with(runs: Sequence[RunRecord], key: str) -> list[Cell]:
+    return [(label, members) for label, members in labelled_cells(runs) if any(run.series(key)[0] for run in members)]
 
 
 def plot_orthogonality_sparsity(runs: Sequence[RunRecord], path: Path) -> Path:
     """Inter-class orthogonality O and activation sparsity L1 per epoch (Fig. 3A, 3B)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    runs = [run for run in runs if run.series("diagnostics.sparsity")[0]]
-    for index, run in enumerate(runs):
-        left.plot(*run.series("diagnostics.orthogonality.inter"), "o-", color=f"C{index}", label=run.label())
-        right.plot(*run.series("diagnostics.sparsity"), "o-", color=f"C{index}", label=run.label())
+    for index, (label, members) in enumerate(_with(runs, "diagnostics.sparsity")):
+        _line(left, members, "diagnostics.orthogonality.inter", f"C{index}", label)
+        _line(right, members, "diagnostics.sparsity", f"C{index}", label)
     left.set(xlabel="epoch", ylabel="mean cos(sample, other class means)", title="(A) inter-class orthogonality (lower = more orthogonal)")
     right.set(xlabel="epoch", ylabel="L1 of unit pattern / sqrt(D)", title="(B) activation sparsity (lower = sparser)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     return _finish(fig, path)
 
 
 def plot_gradient_cosine(runs: Sequence[RunRecord], path: Path) -> Path:
-    """Per run, the cosine between the caps update and the full gradient for every block, per epoch."""
-    runs = [run for run in runs if run.series("diagnostics.gradient_cosine")[0]]
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5 * max(1, len(runs)), 4), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        epochs, values = run.series("diagnostics.gradient_cosine")
-        blocks = len(values[0])
+    """Per cell, the cosine between the caps update and the full gradient for every block, per epoch."""
+    selected = _with(runs, "diagnostics.gradient_cosine")
+    fig, axes = plt.subplots(1, max(1, len(selected)), figsize=(5 * max(1, len(selected)), 4), squeeze=False)
+    for ax, (label, members) in zip(axes[0], selected):
+        blocks = len(next(run.series("diagnostics.gradient_cosine")[1][0] for run in members if run.series("diagnostics.gradient_cosine")[0]))
         colours = plt.cm.viridis([i / max(1, blocks - 1) for i in range(blocks)])
         for block in range(blocks):
-            cosines = [float("nan") if v[block] is None else v[block] for v in values]  # None: a frozen block
-            ax.plot(epochs, cosines, "o-", color=colours[block], label=f"block {block}")
-        ax.set(xlabel="epoch", ylabel="cos(partial, full gradient)", title=run.label(), ylim=(-0.05, 1.05))
+            by_epoch: dict[int, list[float]] = {}
+            for run in members:
+                for epoch, values in zip(*run.series("diagnostics.gradient_cosine")):
+                    if values[block] is not None:  # None: a frozen block
+                        by_epoch.setdefault(epoch, []).append(values[block])
+            epochs = sorted(by_epoch)
+            ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], "o-", color=colours[block], label=f"block {block}")
+        ax.set(xlabel="epoch", ylabel="cos(partial, full gradient)", title=label, ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not runs:
+    if not selected:
         axes[0][0].text(0.5, 0.5, "no gradient diagnostics in these runs", ha="center")
     return _finish(fig, path)
 
@@ -75,30 +114,28 @@ def plot_gradient_cosine(runs: Sequence[RunRecord], path: Path) -> Path:
 def plot_scale(runs: Sequence[RunRecord], path: Path) -> Path:
     """Norm of the global pattern m per epoch (the 1/||m|| step-size argument, eq. 12)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    runs = [run for run in runs if run.series("diagnostics.scale.m_norm")[0]]
-    for index, run in enumerate(runs):
-        ax.plot(*run.series("diagnostics.scale.m_norm"), "o-", color=f"C{index}", label=run.label())
+    for index, (label, members) in enumerate(_with(runs, "diagnostics.scale.m_norm")):
+        _line(ax, members, "diagnostics.scale.m_norm", f"C{index}", label)
     ax.set(xlabel="epoch", ylabel="mean ||m||", title="Scale of the global pattern")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return _finish(fig, path)
 
 
 def plot_block_accuracy(runs: Sequence[RunRecord], path: Path) -> Path:
-    """Accuracy of each block's pattern against its own prototype slice, at the last diagnostics."""
+    """Accuracy of each block's pattern against its own prototype slice at the last diagnostics (mean over seeds)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    runs = [run for run in runs if run.series("diagnostics.block_accuracy")[0]]
-    width = 0.8 / max(1, len(runs))
-    for index, run in enumerate(runs):
-        accuracy = run.series("diagnostics.block_accuracy")[1][-1]
-        blocks = run.series("diagnostics.read_blocks")[1][-1]
-        ax.bar([b + (index - (len(runs) - 1) / 2) * width for b in blocks], [100 * a for a in accuracy], width,
-               color=f"C{index}", label=run.label())
+    selected = _with(runs, "diagnostics.block_accuracy")
+    width = 0.8 / max(1, len(selected))
+    for index, (label, members) in enumerate(selected):
+        finals = [run.series("diagnostics.block_accuracy")[1][-1] for run in members if run.series("diagnostics.block_accuracy")[0]]
+        blocks = next(run.series("diagnostics.read_blocks")[1][-1] for run in members if run.series("diagnostics.read_blocks")[0])
+        accuracy = [statistics.fmean(values) for values in zip(*finals)]
+        ax.bar([b + (index - (len(selected) - 1) / 2) * width for b in blocks], [100 * a for a in accuracy], width,
+               color=f"C{index}", label=label)
     ax.set(xlabel="block", ylabel="accuracy (%)", title="Per-block accuracy (own prototype slice), last epoch", ylim=(0, 118))
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(runs)))
-    return _finish(fig, path)
+    return _finish(fig, path, loc="upper center", ncol=max(1, len(selected)))
 
 
 FIGURES = {
@@ -111,9 +148,5 @@ FIGURES = {
 
 
 def plot_all(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
-    labels = [run.label() for run in runs]
-    for run, label in zip(runs, labels):
-        if labels.count(label) > 1:  # same description twice: tell them apart by folder
-            run.name = f"{label} [{run.path.name}]"
     out_dir.mkdir(parents=True, exist_ok=True)
     return [plot(runs, out_dir / name) for name, plot in FIGURES.items()]

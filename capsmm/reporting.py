@@ -1,76 +1,162 @@
-"""Tables of run results (markdown), for the CLI summary and reports."""
+"""Tables of run results (markdown): one row per cell (runs that differ only in their seed), labelled
+by the config keys that vary among the runs shown, mean ± std over seeds; paired comparisons."""
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from scipy import stats
 
-def _fmt(value: Any, kind: str) -> str:
-    if value is None:
+from .config import flatten_dict, shown
+from .errors import ConfigError
+from .runs import RunRecord, cell_label, cells, short_key, varying_keys
+
+
+def record_of(results: dict[str, Any]) -> RunRecord:
+    """A :class:`RunRecord` from a results dict (as ``train`` returns it)."""
+    config = results.get("config", {})
+    return RunRecord(Path(config.get("out") or "."), [], results, flatten_dict(config))
+
+
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``12.34 ± 0.56`` (scaled: errors as percent); the std is over runs (n - 1), none for one run."""
+    if not values:
         return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "m":
-        return f"{value / 1e6:.2f}"
-    if kind == "ms":
-        return f"{value:.2f}"
-    if kind == "s":
-        return f"{value:.0f}"
-    return str(value)
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-COLUMNS = [
-    ("dataset", "dataset", ""), ("backbone", "backbone", ""), ("mode", "mode", ""),
-    ("epochs", "epochs", ""), ("test_error", "test err", "pct"), ("train_error", "train err", "pct"),
-    ("params", "params (M)", "m"), ("forward_ms", "fwd ms", "ms"), ("backward_ms", "bwd ms", "ms"),
-    ("wall_seconds", "wall s", "s"),
-]
+def _modalities(runs: Sequence[RunRecord]) -> list[str]:
+    return list(dict.fromkeys(k for run in runs for k in (run.value("test_error_by_modality") or {})))
 
 
-def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A markdown table with one row per run (error, params, per-batch forward/backward time)."""
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(method_name(r) if key == "mode" else _fmt(r.get(key), kind) for key, _, kind in COLUMNS) + " |"
-            for r in results]
-    return "\n".join([header, rule, *rows])
-
-
-def method_name(result: dict[str, Any]) -> str:
-    """The mode, tagged with what else distinguishes the run (readout norm, lean memory, head)."""
-    config = result.get("config", {})
-    model, train = config.get("model", {}), config.get("train", {})
-    tags = []
-    if model.get("readout_norm", "batchnorm") != "batchnorm":
-        tags.append({"none": "no-BN", "layernorm": "LN"}.get(model["readout_norm"], model["readout_norm"]))
-    if model.get("head", "cosine") != "cosine":
-        tags.append(model["head"])
-    if train.get("memory", "standard") != "standard":
-        tags.append(train["memory"])
-    return result["mode"] + (f" ({', '.join(tags)})" if tags else "")
-
-
-def paper_table(results: Sequence[dict[str, Any]]) -> str:
-    """Results in the shape of the paper's Tables 1-4: one row per backbone (and width) and method,
-    one error column per data set, then params, memory and per-batch forward/backward time (taken
-    from the row's first data set)."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for result in results:
-        width = result.get("config", {}).get("model", {}).get("width_mult", 1.0)
-        backbone = result["backbone"] + (f" {width:g}x" if width != 1.0 else "")
-        key, repeat = (backbone, method_name(result)), 1
-        while result["dataset"] in rows.get(key, {}):  # another run of the same cell (seed, width...): own row
-            repeat += 1
-            key = (backbone, f"{method_name(result)} #{repeat}")
-        rows.setdefault(key, {})[result["dataset"]] = result
-    header = ["backbone", "method", *[f"{d} error" for d in datasets], "params (M)", "memory (MiB)", "forward (ms)", "backward (ms)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (backbone, method), by_dataset in rows.items():
-        first = next(iter(by_dataset.values()))
-        cells = [backbone, method, *[_fmt(by_dataset[d]["test_error"], "pct") if d in by_dataset else "-" for d in datasets],
-                 _fmt(first.get("params"), "m"), _fmt(first.get("peak_memory_mib"), "s"), _fmt(first.get("forward_ms"), "ms"),
-                 _fmt(first.get("backward_ms"), "ms")]
-        lines.append("| " + " | ".join(cells) + " |")
+def summary_table(runs: Sequence[RunRecord]) -> str:
+    """One row per cell: the varying keys' values, n, test error (and per modality subset), train
+    error, epochs and wall time; errors in percent as mean ± std over the cell's runs."""
+    keys = varying_keys(runs)
+    subsets = _modalities(runs)
+    head = [short_key(k, keys) for k in keys] or ["run"]
+    head += ["n", "test error (%)", *[f"{s} (%)" for s in subsets], "train error (%)", "epochs", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for members in cells(runs, keys).values():
+        first = members[0]
+        ids = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
+        errors = lambda key: [v for v in (m.value(key) for m in members) if v is not None]  # noqa: E731
+        row = [*ids, str(len(members)), mean_std(errors("test_error")),
+               *[mean_std(errors(f"test_error_by_modality.{s}")) for s in subsets], mean_std(errors("train_error")),
+               _epochs(members), mean_std(errors("wall_seconds"), scale=1, digits=0)]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _epochs(members: Sequence[RunRecord]) -> str:
+    epochs = sorted({m.value("epochs") for m in members if m.value("epochs") is not None})
+    return "/".join(map(str, epochs)) or "-"
+
+
+def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error") -> list[dict[str, Any]]:
+    """For every cell of ``key = first``, its twin with ``key = second`` (same values of every other
+    varying key): ``metric(first) - metric(second)`` per seed both have, with mean, std, n and the
+    95% confidence interval of the mean (Student's t)."""
+    keys = [k for k in varying_keys(runs) if k != key]
+    by_value: dict[str, dict[tuple[Any, ...], dict[int, float]]] = {}
+    for run in runs:
+        value = run.value(metric)
+        if value is None:
+            continue
+        cell = tuple(json.dumps(run.config.get(k)) for k in keys)
+        by_value.setdefault(json.dumps(run.config.get(key)), {}).setdefault(cell, {})[run.seed] = value
+    a, b = by_value.get(json.dumps(first), {}), by_value.get(json.dumps(second), {})
+    comparisons = []
+    for cell in a:
+        seeds = sorted(set(a[cell]) & set(b.get(cell, {})))
+        if not seeds:
+            continue
+        diffs = [a[cell][s] - b[cell][s] for s in seeds]
+        mean = statistics.fmean(diffs)
+        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+        comparisons.append({"cell": dict(zip(keys, (json.loads(c) for c in cell))), "seeds": seeds, "differences": diffs,
+                            "mean": mean, "std": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
+                            "ci95": (mean - half, mean + half)})
+    return comparisons
+
+
+def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error") -> str:
+    """:func:`paired_differences` as markdown, in percentage points."""
+    comparisons = paired_differences(runs, key, first, second, metric)
+    keys = [k for k in varying_keys(runs) if k != key]
+    name = short_key(key, [key, *keys])
+    head = [short_key(k, keys) for k in keys] + [f"{metric}: {name}={first} − {name}={second} (pp)", "n (paired seeds)", "95% CI (pp)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        ci = "-" if math.isnan(c["ci95"][0]) else f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}]"
+        spread = "" if math.isnan(c["std"]) else f" ± {100 * c['std']:.2f}"
+        row = [shown(c["cell"][k]) for k in keys] + [f"{100 * c['mean']:+.2f}{spread}", str(len(c["seeds"])), ci]
+        lines.append("| " + " | ".join(row) + " |")
+    if not comparisons:
+        lines.append("| " + " | ".join(["(no runs of both on the same seeds)"] + [""] * (len(head) - 1)) + " |")
+    return "\n".join(lines)
+
+
+def parse_comparison(text: str, runs: Sequence[RunRecord]) -> list[tuple[str, Any, Any]]:
+    """``train.mode=caps,bp`` -> [(key, caps, bp)]; ``train.mode=caps`` -> caps against every other value."""
+    key, sep, values = text.partition("=")
+    wanted = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not 1 <= len(wanted) <= 2:
+        raise ConfigError(f"--compare expects KEY=A,B (A - B) or KEY=A (A against every other value), got '{text}'")
+    present = {shown(run.config.get(key)): run.config.get(key) for run in runs if key in run.config}
+    if not present:
+        raise ConfigError(f"--compare: no run has config key '{key}' (keys vary here: {', '.join(varying_keys(runs)) or 'none'})")
+    missing = [v for v in wanted if v not in present]
+    if missing:
+        raise ConfigError(f"--compare: no run has {key}={missing[0]}; values here: {', '.join(present)}")
+    others = wanted[1:] or [v for v in present if v != wanted[0]]
+    return [(key, present[wanted[0]], present[other]) for other in others]
+
+
+def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = ()) -> str:
+    """The summary table, then the paired comparisons asked for; with none asked and several seeds
+    per cell, every value of each varying key against its first value."""
+    parts = [summary_table(runs)]
+    pairs = [pair for text in comparisons for pair in parse_comparison(text, runs)]
+    if not pairs and any(len(members) > 1 for members in cells(runs).values()):
+        for key in varying_keys(runs):
+            values = list(dict.fromkeys(json.dumps(run.config.get(key)) for run in runs))
+            pairs += [(key, json.loads(v), json.loads(values[0])) for v in values[1:]]
+    for key, first, second in pairs:
+        parts.append(paired_table(runs, key, first, second))
+    return "\n\n".join(parts)
+
+
+def paper_table(runs: Sequence[RunRecord]) -> str:
+    """Results in the shape of the paper's Tables 1-4: one row per cell of every varying key but the
+    data set, one error column per data set (mean ± std over seeds), then params, memory and
+    per-batch forward/backward time of the row's first run."""
+    keys = [k for k in varying_keys(runs) if k != "data.name"]
+    datasets = list(dict.fromkeys(run.config.get("data.name") for run in runs))
+    rows: dict[tuple[Any, ...], dict[str, list[RunRecord]]] = {}
+    for cell, members in cells(runs, keys).items():
+        for run in members:
+            rows.setdefault(cell, {}).setdefault(run.config.get("data.name"), []).append(run)
+    head = [short_key(k, keys) for k in keys] or ["run"]
+    head += [f"{d} error (%)" for d in datasets] + ["params (M)", "memory (MiB)", "forward (ms)", "backward (ms)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for by_dataset in rows.values():
+        first = next(iter(by_dataset.values()))[0]
+        cells_ = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
+        cells_ += [mean_std([r.value("test_error") for r in by_dataset[d]]) if d in by_dataset else "-" for d in datasets]
+        cells_ += [_number(first.value("params"), 1e-6, 2), _number(first.value("peak_memory_mib"), 1, 0),
+                   _number(first.value("forward_ms"), 1, 2), _number(first.value("backward_ms"), 1, 2)]
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: Any, scale: float, digits: int) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"

@@ -71,8 +71,11 @@ def seeded_model(build: Callable[[], nn.Module], seed: int, context: DistContext
     return model
 
 
-def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate ``config``, build everything and train; returns the results dict (also in results.json).
+
+    A run its folder already holds finished is not trained again (its results are returned);
+    ``resume`` continues an unfinished one, ``force`` starts over.
 
     Seeded: the same config gives the same run, bit for bit on CPU. On CUDA cuDNN autotuning is on,
     which trades bitwise reproducibility for speed.
@@ -101,4 +104,4 @@ def train(config: RunConfig, *, resume: bool = False, log: Callable[[str], None]
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
             diagnostics_batch=next(iter(diagnostics)), log=log,
         )
-        return trainer.fit(resume=resume)
+        return trainer.fit(resume=resume, force=force)

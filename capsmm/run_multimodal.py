@@ -75,7 +75,8 @@ def extend_trained_model(config: MultimodalRunConfig, specs: dict[str, EncoderSp
     return model, old_modalities
 
 
-def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, force: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate, load and pair the data, build the fusion model (or extend a trained one), train.
 
     Under torchrun it trains data-parallel like :func:`capsmm.run.train`; rank 0 writes."""
@@ -108,7 +109,7 @@ def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, log: 
         }
         return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
                               anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
-                              device=device, resume=resume, extra_results=extra_results, log=log, dist=context)
+                              device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context)
 
 
 def _describe(model: nn.Module) -> str:

@@ -1,13 +1,19 @@
-"""Reading finished or running runs back: ``metrics.jsonl`` and ``results.json`` of run folders."""
+"""Reading runs back: the run folders under some paths, their ``metrics.jsonl`` and ``results.json``,
+and their grouping into *cells* (runs whose configs differ only in the seed)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import RESUMABLE_SUFFIXES, flatten_dict, shown
 from .errors import DataError
+
+#: config keys that never tell two runs' methods apart: where they ran, how they were shown and named
+INCIDENTAL = ("out", "train.seed", "train.progress")
 
 
 @dataclass
@@ -16,19 +22,11 @@ class RunRecord:
     metrics: list[dict[str, Any]]
     results: dict[str, Any] | None
     config: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    """the label to show; default: derived from the config"""
+    """the run's resolved config, flattened to ``section.key``"""
 
-    def label(self) -> str:
-        """A short description: mode, readout norm when not batch norm, backbone."""
-        if self.name:
-            return self.name
-        if not self.config:
-            return self.path.name
-        model, train = self.config["model"], self.config["train"]
-        norm = {"batchnorm": "", "layernorm": " LN", "none": " no-BN"}.get(model["readout_norm"], f" {model['readout_norm']}")
-        lean = " lean" if train.get("memory") == "lean" else ""
-        return f"{train['mode']}{norm}{lean} ({model['backbone']})"
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("train.seed")
 
     def series(self, key: str) -> tuple[list[int], list[Any]]:
         """(epochs, values) of a metric, skipping epochs without it; nested keys use dots."""
@@ -42,27 +40,81 @@ class RunRecord:
                 values.append(value)
         return epochs, values
 
+    def value(self, key: str) -> Any:
+        """A figure of results.json (dots reach into nested ones: ``test_error_by_modality.audio``)."""
+        value: Any = self.results or {}
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
 
 def read_run(path: str | Path) -> RunRecord:
     path = Path(path)
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
-        raise DataError(f"{path} is not a run folder: it has no metrics.jsonl (give folders that train_vision.py wrote)")
+        raise DataError(f"{path} is not a run folder: it has no metrics.jsonl (give run folders, or folders holding them)")
     try:
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
         results = json.loads((path / "results.json").read_text()) if (path / "results.json").is_file() else None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: unreadable metrics or results ({error})") from None
-    config = (results or {}).get("config") or {}
-    return RunRecord(path, metrics, results, config)
+    if results is None:
+        try:  # an unfinished run: its config is in the checkpoint
+            from .checkpoint import load_checkpoint
+
+            config = load_checkpoint(path / "checkpoint.safetensors")["config"]
+        except Exception:  # noqa: BLE001 - no checkpoint yet: the run is shown by folder only
+            config = {}
+    else:
+        config = results.get("config") or {}
+    return RunRecord(path, metrics, results, flatten_dict(config))
 
 
-def find_results(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Every results.json under the given folders (a run folder, or a sweep's parent), in path order."""
-    found = []
+def find_runs(paths: Iterable[str | Path], finished: bool = False) -> list[RunRecord]:
+    """Every run folder given, or found (at any depth) under the folders given, in path order.
+
+    ``finished``: only runs with a results.json. A path that holds no run is a :class:`DataError`.
+    """
+    runs = []
     for root in map(Path, paths):
-        files = [root / "results.json"] if (root / "results.json").is_file() else sorted(root.rglob("results.json"))
-        if not files:
-            raise DataError(f"no results.json in or under {root}; give run folders (or their parent) written by train_vision.py")
-        found += [json.loads(f.read_text()) for f in files]
-    return found
+        if not root.exists():
+            raise DataError(f"{root} does not exist")
+        folders = [root] if (root / "metrics.jsonl").is_file() else sorted(p.parent for p in root.rglob("metrics.jsonl"))
+        found = [read_run(folder) for folder in folders]
+        found = [run for run in found if run.results is not None] if finished else found
+        if not found:
+            raise DataError(f"no {'finished ' if finished else ''}run in or under {root}: give run folders (with "
+                            f"{'results.json' if finished else 'metrics.jsonl'}) or folders holding them")
+        runs += found
+    return runs
+
+
+def varying_keys(runs: Sequence[RunRecord]) -> list[str]:
+    """The config keys whose values differ among ``runs`` (seed, output folder, and keys a resumed run
+    may change excluded): what tells the runs' cells apart, in config order."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.config))
+    ignored = lambda k: k in INCIDENTAL or k.endswith(RESUMABLE_SUFFIXES)  # noqa: E731
+    return [k for k in keys if not ignored(k) and len({json.dumps(run.config.get(k), sort_keys=True) for run in runs}) > 1]
+
+
+def cells(runs: Sequence[RunRecord], keys: Sequence[str] | None = None) -> dict[tuple[Any, ...], list[RunRecord]]:
+    """Runs grouped by the values of ``keys`` (default: :func:`varying_keys`), in first-seen order;
+    a cell's runs differ in nothing else that matters (their seeds, mostly)."""
+    keys = varying_keys(runs) if keys is None else keys
+    grouped: dict[tuple[Any, ...], list[RunRecord]] = {}
+    for run in runs:
+        grouped.setdefault(tuple(json.dumps(run.config.get(k)) for k in keys), []).append(run)
+    return grouped
+
+
+def short_key(key: str, keys: Sequence[str]) -> str:
+    """``train.mode`` -> ``mode``, unless another key of ``keys`` ends the same (then the full key)."""
+    name = key.rsplit(".", 1)[-1]
+    return name if sum(k.rsplit(".", 1)[-1] == name for k in keys) == 1 else key
+
+
+def cell_label(run: RunRecord, keys: Sequence[str]) -> str:
+    """``mode=caps, readout_norm=none``: the values that tell this run's cell from the others."""
+    if not keys:
+        return run.path.parent.name if run.path.name.startswith("seed-") else run.path.name
+    return ", ".join(f"{short_key(k, keys)}={shown(run.config.get(k))}" for k in keys)

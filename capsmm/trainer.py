@@ -8,6 +8,7 @@ How a step turns a batch into parameter updates is the strategy's business
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -17,12 +18,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .board import FOLDER as BOARD_FOLDER
+from .board import Board
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
+from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, flatten_dict
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .metrics import PhaseTimer, count_parameters, peak_memory_mib
+from .metrics import PhaseTimer, count_parameters, peak_memory_mib, tidy
 from .model import CAPModel
 from .modes import ModeSchedule
 from .strategies import Strategy
@@ -32,22 +36,10 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 Batch = tuple[Any, torch.Tensor]
 Evaluator = Callable[[CAPModel], dict[str, Any]]
 """A function of the model giving extra per-epoch figures, merged into the epoch's metrics."""
 
-#: config keys (dotted, any section) that may differ between a run and its resumption
-RESUMABLE_SUFFIXES = (".epochs", ".device", ".progress", ".eval_batch_size", ".root")
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
 ADDED_KEYS = {"train.lean_keep": 0}
@@ -101,6 +93,7 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
+        self.board: Board | None = None
 
     @property
     def inspects_model(self) -> bool:
@@ -128,7 +121,7 @@ class Trainer:
     def _restore(self) -> int:
         """Load the checkpoint in ``out_dir``; returns the number of epochs already done."""
         state = load_checkpoint(self.checkpoint_path)
-        saved, current = _flat(state["config"]), _flat(self.run_config)
+        saved, current = flatten_dict(state["config"]), flatten_dict(self.run_config)
         saved = {k: v for k, v in ADDED_KEYS.items() if k in current} | saved
         changed = sorted(k for k in saved.keys() | current.keys()
                          if k != "out" and not k.endswith(RESUMABLE_SUFFIXES) and saved.get(k) != current.get(k))
@@ -177,6 +170,8 @@ class Trainer:
                 )
             if bar.disable is False and step % 20 == 0 and seen:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}")  # the running mean over the epoch so far
+            if self.board is not None and loss is not None and (step + 1) % check_every == 0:
+                self.board.step(epoch * len(self.train_loader) + step, loss.item())
         if not torch.isfinite(loss_sum):
             raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
         count = torch.tensor(seen, device=self.device)
@@ -195,23 +190,62 @@ class Trainer:
         all_reduce_sum(self.dist, counts)
         return counts[0].item() / counts[1].item()
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train for ``config.train.epochs`` epochs (continuing a checkpoint with ``resume``); returns results."""
+    def finished_results(self) -> dict[str, Any] | None:
+        """The results of this very run if ``out_dir`` holds it finished (same config, all epochs), else None."""
+        try:
+            saved = json.loads((self.out_dir / RESULTS).read_text())
+        except (OSError, ValueError):
+            return None
+        same = {k: v for k, v in flatten_dict(saved.get("config", {})).items() if not k.endswith(INCIDENTAL_SUFFIXES)} == {
+            k: v for k, v in flatten_dict(self.run_config).items() if not k.endswith(INCIDENTAL_SUFFIXES)}
+        return saved if same and saved.get("epochs") == self.train_config.epochs else None
+
+    def clear(self) -> None:
+        """Delete this run's files in ``out_dir`` (``--force``); other files there stay."""
+        if self.dist.is_main:
+            for name in (CHECKPOINT, METRICS, RESULTS):
+                (self.out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / BOARD_FOLDER, ignore_errors=True)
+        barrier(self.dist)
+
+    def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
+        """Train for ``config.train.epochs`` epochs; returns the results (also in results.json).
+
+        A run that ``out_dir`` already holds finished is not trained again: its results are returned
+        as they are (``force`` starts it over). An unfinished one continues with ``resume``.
+        """
         epochs = self.train_config.epochs
         start = 0
         if len(self.train_loader) == 0:
             raise DataError(f"no training batch: the training split holds fewer samples than one batch of {self.train_config.batch_size}"
                             f"{' over ' + str(self.dist.world) + ' ranks' if self.dist.enabled else ''}; lower train.batch_size")
+        if force:
+            self.clear()
+        finished = self.finished_results()
+        if finished is not None:
+            self.log(f"{self.out_dir} holds this run, finished: test error {finished['test_error']:.2%} after {finished['epochs']} "
+                     "epochs (nothing retrained; --force trains it again)")
+            return finished
         if self.dist.is_main:
             remove_stale_temporaries(self.out_dir)  # what a process killed while writing left behind
         if self.checkpoint_path.exists():
             if not resume:
-                raise ConfigError(f"{self.out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose another --out")
+                raise ConfigError(f"{self.out_dir} already holds an unfinished run or one with other settings ({CHECKPOINT}); "
+                                  "pass --resume to continue it, or --force to start it again")
             start = self._restore()
             self.log(f"resumed {self.out_dir} after epoch {start}")
         elif self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / METRICS).write_text("")
+        if self.train_config.tensorboard and self.dist.is_main:
+            self.board = Board(self.out_dir, first_step=start * len(self.train_loader))
+        try:
+            return self._epochs(start, epochs)
+        finally:
+            if self.board is not None:
+                self.board.close()
+
+    def _epochs(self, start: int, epochs: int) -> dict[str, Any]:
         for epoch in range(start, epochs):
             began = time.perf_counter()
             mode = self.schedule.mode_at(epoch, epochs)
@@ -234,12 +268,15 @@ class Trainer:
             self.lr_schedule.step()
             record["epoch_seconds"] = time.perf_counter() - began
             self.wall_seconds += record["epoch_seconds"]
+            record = tidy(record)
             self.history.append(record)
             rng_states = gather_objects(self.dist, rng_state())
             strategy_state = self.strategy.state_dict()  # a collective where ranks hold parts of the model
             if self.dist.is_main:
                 with open(self.out_dir / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
+                if self.board is not None:
+                    self.board.epoch(record, (epoch + 1) * len(self.train_loader) - 1)
                 self._save(epoch + 1, strategy_state, rng_states)
             barrier(self.dist)  # every rank has a complete checkpoint behind it before going on
             self.log(
@@ -262,7 +299,7 @@ class Trainer:
             return statistics.median(values) if values else None
 
         counts = count_parameters(self.model)
-        return {
+        return tidy({
             **self.summary,
             "mode": self.train_config.mode,
             "params": counts["total"],
@@ -275,10 +312,10 @@ class Trainer:
             "peak_memory_method": memory_method,
             "forward_ms": median_of("forward_ms"),
             "backward_ms": median_of("backward_ms"),
+            "optimizer_ms": median_of("optimizer_ms"),
             "step_ms": median_of("step_ms"),
             "epochs": len(self.history),
             "wall_seconds": self.wall_seconds,
             "device": str(self.device),
             "torch": torch.__version__,
-            "config": self.run_config,
-        }
+        }) | {"config": self.run_config}  # the config exactly as given (never rounded: resuming compares it)

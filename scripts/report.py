@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""A table of results in the shape of the paper's Tables 1-4 (error per data set, params, memory,
-forward/backward ms per method and backbone), built from the runs' results.json files.
+"""Tables from finished runs: one row per cell (runs that differ only in their seed), labelled by the
+config keys that vary among them, errors as mean ± std over seeds (n runs); paired comparisons of two
+values of a key on the same seeds (mean difference and its 95% interval); the paper's table shape.
 
-Example:
-  python scripts/report.py runs/table1 --markdown runs/table1.md
+Examples:
+  python scripts/report.py runs/quickstart                              # every run under the folder
+  python scripts/report.py runs/quickstart --compare train.mode=caps,bp # caps - bp, paired by seed
+  python scripts/report.py runs/table1 --paper --markdown runs/table1.md
 """
 
 from __future__ import annotations
@@ -13,20 +16,28 @@ import sys
 from pathlib import Path
 
 from capsmm.cli import OneLineArgumentParser, guarded
-from capsmm.reporting import paper_table
-from capsmm.runs import find_results
+from capsmm.reporting import comparison_report, paper_table
+from capsmm.runs import find_runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding run folders at any depth")
+    parser.add_argument("--compare", action="append", default=[], metavar="KEY=A,B",
+                        help="paired difference A - B of the test error on the same seeds (KEY=A: A against every other value)")
+    parser.add_argument("--paper", action="store_true", help="the paper's table shape: one error column per data set")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    return parser
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding run folders (a sweep's --out)")
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    table = paper_table(find_results(args.runs))
-    print(table)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    runs = find_runs(args.runs, finished=True)
+    text = paper_table(runs) if args.paper else comparison_report(runs, args.compare)
+    print(text)
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        args.markdown.write_text(text + "\n")
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 from capsmm.cli import MULTIMODAL_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
 from capsmm.config import MultimodalRunConfig
 from capsmm.distributed import is_main_process
-from capsmm.reporting import results_table
+from capsmm.reporting import comparison_report, record_of
 from capsmm.run_multimodal import train_multimodal
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     runs = runs_from_args(args, MULTIMODAL_FLAGS, MultimodalRunConfig)
-    results = [train_multimodal(run, resume=args.resume) for run in runs]
+    results = [train_multimodal(run, resume=args.resume, force=args.force) for run in runs]
     if not is_main_process():
         return 0
     for result in results:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         retrieval = ", ".join(f"{k} R@1 {100 * v['recall@1']:.1f}% mAP {100 * v['map']:.1f}%" for k, v in result.get("retrieval", {}).items())
         print(f"{result['fusion']:9s} {result['mode']}: test error {errors}" + (f" | {retrieval}" if retrieval else ""))
     if len(results) > 1:
-        print(results_table(results))
+        print(comparison_report([record_of(r) for r in results]))
     return 0
 
 

@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from capsmm.cli import VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.cli import CONTROL_FLAGS, VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
 from capsmm.config import RunConfig
 from capsmm.distributed import is_main_process
-from capsmm.reporting import results_table
+from capsmm.reporting import comparison_report, record_of
 from capsmm.run import train
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv or ["--config", str(QUICKSTART)])
+    if all(arg in CONTROL_FLAGS for arg in argv):  # nothing chosen: the quickstart (rerun: its results; --resume, --force)
+        argv = ["--config", str(QUICKSTART), *argv]
+    args = build_parser().parse_args(argv)
     runs = runs_from_args(args, VISION_FLAGS, RunConfig)
-    results = [train(run, resume=args.resume) for run in runs]
+    results = [train(run, resume=args.resume, force=args.force) for run in runs]
     if len(results) > 1 and is_main_process():
-        print(results_table(results))
+        print(comparison_report([record_of(r) for r in results]))
     return 0
 
 

@@ -17,6 +17,7 @@ steps. ``python tests/combinations.py`` prints the measured matrix as the README
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -247,21 +248,33 @@ def measure_all(batch: int = BATCH) -> dict[Combo, dict[str, Any]]:
     return outcomes
 
 
-def markdown(outcomes: dict[Combo, dict[str, Any]]) -> str:
-    """The matrix grouped by (memory, parallel, claim): how many combinations, the largest difference measured."""
-    rows: dict[tuple[str, str, str], list[tuple[Combo, dict[str, Any]]]] = {}
-    for combo, outcome in outcomes.items():
-        claim = f"refused: {outcome['refused']}" if "refused" in outcome else combo.claim()
-        rows.setdefault((combo.memory, combo.parallel, claim), []).append((combo, outcome))
-    lines = ["| memory | parallel | outcome | combinations | largest gradient difference (fp32 / bf16) |", "|---|---|---|---|---|"]
-    for (memory, parallel, claim), members in sorted(rows.items()):
-        worst = {amp: max((o.get("difference", 0.0) for c, o in members if c.amp == amp), default=None) for amp in AMP}
-        figures = " / ".join("-" if w is None else f"{w:.1e}" for w in worst.values())
-        lines.append(f"| {memory} | {parallel} | {claim} | {len(members)} | {'-' if claim.startswith(('refused', 'reference')) else figures} |")
+def markdown(by_batch: dict[int, dict[Combo, dict[str, Any]]]) -> str:
+    """The matrix grouped by (memory, parallel, outcome): how many combinations and modes, and the
+    largest relative gradient difference measured, fp32 and bf16, at each global batch."""
+    batches = sorted(by_batch)
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for batch in batches:
+        for combo, outcome in by_batch[batch].items():
+            claim = f"refused: {outcome['refused']}" if "refused" in outcome else combo.claim()
+            group = groups.setdefault((combo.memory, combo.parallel, claim), {"combos": set(), "modes": set(), "worst": {}})
+            group["combos"].add(dataclasses.replace(combo, batch=BATCH))
+            group["modes"].add(combo.mode)
+            if "difference" in outcome:
+                key = (batch, combo.amp)
+                group["worst"][key] = max(group["worst"].get(key, 0.0), outcome["difference"])
+    head = " | ".join(f"batch {b}: fp32 / bf16" for b in batches)
+    lines = [f"| memory | parallel | outcome | combinations | modes | {head} |", "|---|---|---|---|---|" + "---|" * len(batches)]
+    for (memory, parallel, claim), group in sorted(groups.items(), key=lambda item: (item[0][2].startswith("refused"), item[0])):
+        if claim.startswith(("refused", "reference")):
+            cells = ["-"] * len(batches)
+        else:
+            cells = [" / ".join(f"{group['worst'][(b, amp)]:.0e}" if (b, amp) in group["worst"] else "-" for amp in AMP) for b in batches]
+        modes = ", ".join(m for m in MODES if m in group["modes"])
+        lines.append(f"| {memory} | {parallel} | {claim} | {len(group['combos'])} | {modes} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else BATCH  # a larger global batch, for the README's figures
-    print(f"global batch {batch}, MLP 4 x 32, pattern width 16, 2 gloo ranks")
-    print(markdown(measure_all(batch)))
+    sizes = [int(a) for a in sys.argv[1:]] or [BATCH]  # global batches to measure at (the test uses 16)
+    print(f"MLP 4 x 32 units, pattern width 16, 5 classes; distributed: 2 gloo ranks; global batches {sizes}")
+    print(markdown({size: measure_all(size) for size in sizes}))

@@ -1,10 +1,12 @@
 """scripts/train_vision.py: one-line errors with exit status 2, --help, and the offline quickstart."""
 
 import json
+import statistics
 import subprocess
 import sys
 
 import pytest
+import scipy.stats
 
 from conftest import ROOT, load_script
 
@@ -78,7 +80,7 @@ def test_help_documents_flags_and_config_keys(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     for flag in ["--dataset", "--backbone", "--mode", "--epochs", "--batch-size", "--lr", "--data-root", "--out", "--seed",
-                 "--device", "--train-subset", "--test-subset", "--config", "--set", "--resume"]:
+                 "--device", "--train-subset", "--test-subset", "--config", "--set", "--resume", "--force", "--seeds"]:
         assert flag in text
     for key in ["data.augment", "model.readout_norm", "model.head", "train.lr_milestones", "train.mode"]:
         assert key in text
@@ -94,19 +96,47 @@ def test_flags_train_and_record(tmp_path, capsys):
     assert (config["train"]["mode"], config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == ("local", 2, 2e-3, 64)
     assert (config["data"]["train_subset"], config["train"]["seed"], config["model"]["hidden"]) == (600, 3, 64)
     assert "params " in out  # the parameter count is printed at the start of the run
-    code, _, err = run_main(["--dataset", "digits", "--epochs", "2", "--out", str(tmp_path)], capsys)
+    code, _, err = run_main(["--dataset", "digits", "--epochs", "3", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--resume" in err
 
 
-def test_quickstart_with_no_arguments(tmp_path, monkeypatch, capsys):
+def table_rows(text, first_cells):
+    """The rows of the markdown tables in ``text`` whose first cell is one of ``first_cells``."""
+    return {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("|") and line.split("|")[1].strip() in first_cells}
+
+
+def test_quickstart_rerun_and_the_readme_three_seed_comparison(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_main([], capsys)
     assert code == 0
-    rows = {line.split("|")[3].strip(): line for line in out.splitlines() if line.startswith("| digits")}
+    rows = table_rows(out, {"bp", "caps"})
     assert set(rows) == {"bp", "caps"}
     for mode in ("bp", "caps"):
-        results = json.loads((tmp_path / "runs" / "quickstart" / mode / "results.json").read_text())
+        results = json.loads((tmp_path / "runs" / "quickstart" / mode / "seed-0" / "results.json").read_text())
         assert results["test_error"] < 0.1  # chance: 0.9
+    # the same command again: the finished runs' table, nothing trained or written; --resume alone is the quickstart too
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    for argv in ([], ["--resume"]):
+        code, again, _ = run_main(argv, capsys)
+        assert code == 0 and table_rows(again, {"bp", "caps"}) == rows
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()} == stamps
+    # the README's 3-seed comparison (seed 0 is already there: only seeds 1 and 2 train)
+    code, out, _ = run_main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--seeds", "0,1,2"], capsys)
+    assert code == 0
+    errors = {mode: [json.loads((tmp_path / "runs" / "quickstart" / mode / f"seed-{s}" / "results.json").read_text())["test_error"]
+                     for s in range(3)] for mode in ("bp", "caps")}
+    for mode, row in table_rows(out, {"bp", "caps"}).items():  # mean ± std and n, as computed by hand
+        mean, std = statistics.mean(errors[mode]), statistics.stdev(errors[mode])
+        assert f"| 3 | {100 * mean:.2f} ± {100 * std:.2f} |" in row
+    report = load_script("report")
+    assert report.main([str(tmp_path / "runs" / "quickstart"), "--compare", "train.mode=caps,bp"]) == 0
+    text = capsys.readouterr().out
+    differences = [c - b for c, b in zip(errors["caps"], errors["bp"])]
+    half = scipy.stats.t.ppf(0.975, 2) * statistics.stdev(differences) / 3 ** 0.5
+    expected = (f"{100 * statistics.mean(differences):+.2f} ± {100 * statistics.stdev(differences):.2f} | 3 | "
+                f"[{100 * (statistics.mean(differences) - half):+.2f}, {100 * (statistics.mean(differences) + half):+.2f}]")
+    assert expected in text
 
 
 def test_an_unexpected_failure_is_one_line_and_a_log_with_the_traceback(monkeypatch, capsys, tmp_path):

@@ -53,7 +53,7 @@ def test_yaml_sections_and_unknown_sections(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("data: {name: digits}\ntrain: {epochs: 3, mode: local}\nout: somewhere\n")
     [run] = build_runs(good, [])
-    assert (run.data.name, run.train.epochs, run.train.mode, run.out) == ("digits", 3, "local", "somewhere")
+    assert (run.data.name, run.train.epochs, run.train.mode, run.out) == ("digits", 3, "local", str(Path("somewhere/seed-0")))
     bad = tmp_path / "bad.yaml"
     bad.write_text("trian: {epochs: 3}\n")
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
@@ -70,13 +70,40 @@ def test_sweep_zips_within_an_axis_and_multiplies_across(tmp_path):
     runs = build_runs(path, [])
     assert [(r.data.name, r.train.epochs, r.train.mode) for r in runs] == [
         ("mnist", 100, "bp"), ("mnist", 100, "caps"), ("fashion-mnist", 200, "bp"), ("fashion-mnist", 200, "caps")]
-    assert runs[-1].out == str(Path("runs/t/fashion-mnist_200_caps"))
+    assert runs[-1].out == str(Path("runs/t/fashion-mnist_caps/seed-0"))  # epochs may grow on resume: they name no folder
     # a flag that fixes a swept key selects the matching variant, keeping its zipped values ...
     runs = build_runs(path, [("data.name", "fashion-mnist")])
     assert [(r.data.name, r.train.epochs) for r in runs] == [("fashion-mnist", 200)] * 2
     # ... and one whose value is not in the sweep applies to every run
     runs = build_runs(path, [("train.epochs", 1)])
     assert [(r.data.name, r.train.epochs) for r in runs] == [("mnist", 1), ("mnist", 1), ("fashion-mnist", 1), ("fashion-mnist", 1)]
+
+
+def test_the_same_cell_selected_three_ways_lands_in_one_folder(tmp_path):
+    path = tmp_path / "table.yaml"
+    path.write_text("out: runs/t\nsweep:\n  - {data.name: [digits, fashion-mnist]}\n  - {train.mode: [bp, caps]}\n")
+    whole_sweep = {run.out for run in build_runs(path, []) if (run.data.name, run.train.mode) == ("fashion-mnist", "caps")}
+    by_flags = {run.out for run in build_runs(path, [("data.name", "fashion-mnist"), ("train.mode", "caps")])}
+    by_set = {run.out for run in build_runs(path, ["data.name=fashion-mnist", "train.mode=caps"])}
+    assert whole_sweep == by_flags == by_set == {str(Path("runs/t/fashion-mnist_caps/seed-0"))}
+    # a key the sweep does not vary, set on the command line, names its own folder; epochs never do
+    [other] = build_runs(path, ["data.name=fashion-mnist", "train.mode=caps", "train.lr=0.001", "train.epochs=3"])
+    assert other.out == str(Path("runs/t/fashion-mnist_caps_lr-0.001/seed-0"))
+    # without a config file the identity keys name the run; --out is the run folder itself
+    [plain] = build_runs(None, ["data.name=fashion-mnist", "model.dropout=0.1"])
+    assert plain.out == str(Path("runs/fashion-mnist_mlp_caps_dropout-0.1/seed-0"))
+    [mine] = build_runs(None, ["data.name=fashion-mnist", f"out={tmp_path / 'mine'}"])
+    assert mine.out == str(tmp_path / "mine")
+
+
+def test_seeds_are_a_sweep_axis_and_a_folder_level(tmp_path):
+    runs = build_runs(Path(__file__).parent.parent / "configs" / "quickstart.yaml", [], seeds=[0, 1, 2])
+    assert [(r.train.mode, r.train.seed) for r in runs] == [(m, s) for m in ("bp", "caps") for s in (0, 1, 2)]
+    assert runs[4].out == str(Path("runs/quickstart/caps/seed-1"))
+    [a, b] = build_runs(None, [f"out={tmp_path}"], seeds=[4, 5])
+    assert (a.out, b.out) == (str(tmp_path / "seed-4"), str(tmp_path / "seed-5"))
+    with pytest.raises(ConfigError, match="either --seed or --seeds"):
+        build_runs(None, ["train.seed=1"], seeds=[0, 1])
 
 
 def test_sweep_axis_lists_must_have_equal_length():

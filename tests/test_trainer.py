@@ -112,12 +112,18 @@ def test_lr_milestones(tmp_path):
     assert [m["lr"] for m in read_metrics(tmp_path)] == pytest.approx([2e-3, 1e-3, 5e-4])
 
 
-def test_existing_run_is_not_overwritten_without_resume(tmp_path):
-    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
-    before = (tmp_path / "checkpoint.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
-        train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
-    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+def test_a_finished_run_is_not_trained_again_and_force_starts_it_over(tmp_path):
+    first = train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    written = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    lines = []
+    again = train(digits_config(tmp_path, **{"train.epochs": 1}), log=lines.append)
+    assert again == json.loads(json.dumps(first)) and "finished" in lines[0]
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == written  # nothing rewritten
+    with pytest.raises(ConfigError, match="already holds an unfinished run or one with other settings.*--resume.*--force"):
+        train(digits_config(tmp_path, **{"train.epochs": 1, "train.lr": 1e-3}), log=quiet)
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == written["checkpoint.safetensors"][0]
+    forced = train(digits_config(tmp_path, **{"train.epochs": 1, "train.lr": 1e-3}), force=True, log=quiet)
+    assert forced["config"]["train"]["lr"] == 1e-3 and len(read_metrics(tmp_path)) == 1
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -205,6 +205,6 @@ class LocalStrategy(Strategy):
             self.backward(loss, pending)
             for hook in self.after_backward:
                 hook()
-        with phase("step"):
+        with phase("optimizer"):
             self.optimizer.step()
         return StepOutput(loss.detach(), output.logits.detach())

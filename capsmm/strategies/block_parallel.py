@@ -220,12 +220,12 @@ class BlockParallel(Strategy):
 
     def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
         """:meth:`backward` on one batch, then this rank's optimiser step on its own parameters. Timed
-        as phases ``backward`` (the forward included: they interleave across ranks) and ``step``."""
+        as phases ``backward`` (the forward included: they interleave across ranks) and ``optimizer``."""
         phase = phase_of(timer)
         self.optimizer.zero_grad(set_to_none=True)
         with phase("backward"):
             loss, logits = self.backward(self.prepare(inputs), labels)
-        with phase("step"):
+        with phase("optimizer"):
             self.optimizer.step()
         return StepOutput(loss, logits)
 
