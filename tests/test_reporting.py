@@ -89,3 +89,16 @@ def test_tensorboard_mirrors_the_metrics(tmp_path):
     assert len(events.Scalars("train/loss_step")) == 2 * 4  # every step of both epochs (400 samples: 3 batches of 128 and one of 16)
     assert "diagnostics/block_accuracy" in tags["histograms"] and "diagnostics/scale/m_norm" in tags["scalars"]
     assert "diagnostics/gradient_cosine/block_2" in tags["scalars"]
+
+
+def test_every_metric_name_a_run_writes_has_one_documented_meaning(tmp_path):
+    from capsmm.metrics import METRIC_NAMES
+    from conftest import ROOT
+
+    results = tiny(tmp_path)
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    figures = {k for k in [*results, *metrics] if k.endswith(("_ms", "_seconds", "_error", "_loss"))}
+    assert figures <= set(METRIC_NAMES), figures - set(METRIC_NAMES)
+    assert results["step_ms"] >= results["forward_ms"] + results["optimizer_ms"]  # the whole step, not the optimiser's part
+    documented = (ROOT / "docs" / "metrics.md").read_text()
+    assert all(f"| `{name}` | {meaning} |" in documented for name, meaning in METRIC_NAMES.items())
