@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .modes import PEER_MODES, ModeSchedule
 
 
 Check = Callable[[str, Any], "str | None"]
@@ -120,7 +121,11 @@ class DataConfig:
     train_subset: int | None = opt('use only the first N training samples', None, check=at_least(1))
     test_subset: int | None = opt('use only the first N test samples', None, check=at_least(1))
     image_size: int = opt('imagefolder, hf-disk: images are resized to image_size x image_size', 32, check=in_range(1, 4096, open_high=False))
-    augment: bool = opt('random crop (padding size/8) + horizontal flip on training batches; off in the paper', False)
+    augment: bool = opt('random crop (padding: crop_padding) + horizontal flip on training batches; off in the paper', False)
+    crop_padding: int | None = opt('augment: pixels of zero padding around the random crop (default: a side / 8; local-loss: 2)', None,
+                                   check=in_range(0, 1024, open_high=False))
+    cutout: int = opt('side of one square cut out (set to the mean pixel) of every training image at a random place; 0 = off', 0,
+                      check=in_range(0, 4096, open_high=False))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
@@ -155,6 +160,9 @@ class EncoderConfig:
     depth: int | None = opt('mlp only: number of hidden layers (default 3)', None, check=in_range(1, 1000, open_high=False))
     hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None, check=in_range(1, 10**6, open_high=False))
     dropout: float = opt('dropout at the end of every block', 0.2, check=in_range(0, 1))
+    activation: str | None = opt('mlp and vgg backbones: relu (default) or leakyrelu (slope 0.01, local-loss\'s)', None,
+                                 check=one_of(("relu", "leakyrelu")))
+    block_batchnorm: bool | None = opt('mlp only: batch norm after each linear layer (local-loss\'s MLP; default off, as in the paper)', None)
     source: str | None = opt('hf-* backbones: local directory of a transformers model (save_pretrained)', None)
 
     def encoder_options(self) -> dict[str, Any]:
@@ -166,7 +174,7 @@ class EncoderConfig:
         accepted = encoder_options(self.backbone)
         defaults = EncoderConfig()
         options: dict[str, Any] = {}
-        for key in ("width_mult", "dropout", "depth", "hidden", "source"):
+        for key in ("width_mult", "dropout", "depth", "hidden", "activation", "block_batchnorm", "source"):
             value = getattr(self, key)
             if value is not None and (key in accepted or value != getattr(defaults, key)):
                 options[key] = value
@@ -192,9 +200,19 @@ class HeadConfig:
     head: str = opt('class prototype scores: cosine (eq. 7, with temperature) or template (Algorithm 1)', "cosine",
                     check=one_of(("cosine", "template")))
     temperature: float = opt('tau of the cosine head', 0.1, check=in_range(1e-4, 1e4, open_high=False))
+    dim_in_decoder: int = opt('local-pred, local-predsim: a block\'s output is average-pooled to at most this many features for its decoder', 4096,
+                              check=in_range(1, 2**24, open_high=False))
+    beta: float = opt('local-predsim: weight of the sim loss (1 - beta weighs pred and the output layer)', 0.99, check=in_range(0, 1, open_high=False))
+    aux_convs: int = opt('dgl: 1x1 conv layers of each auxiliary network', 3, check=in_range(0, 16, open_high=False))
+    aux_mlp_layers: int = opt('dgl: hidden linear layers of each auxiliary network', 3, check=in_range(0, 16, open_high=False))
+    aux_width: int = opt('dgl: widest hidden layer of an auxiliary network', 1024, check=in_range(1, 2**16, open_high=False))
 
     def head_options(self) -> dict[str, Any]:
-        return {"pattern_width": self.pattern_width, "readout_norm": self.readout_norm, "head": self.head, "temperature": self.temperature}
+        """What the model's readouts and head take (CAP readouts and prototypes, or a peer's heads)."""
+        peer = {"dim_in_decoder": self.dim_in_decoder, "beta": self.beta, "aux_convs": self.aux_convs,
+                "aux_mlp_layers": self.aux_mlp_layers, "aux_width": self.aux_width}
+        return {"pattern_width": self.pattern_width, "readout_norm": self.readout_norm, "head": self.head, "temperature": self.temperature,
+                "peer_options": peer}
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
@@ -210,8 +228,6 @@ class ModelConfig(EncoderConfig, HeadConfig):
 
 
 def _mode_check(key: str, value: Any) -> str | None:
-    from .modes import ModeSchedule
-
     try:
         ModeSchedule.parse(value)
     except ConfigError as error:
@@ -225,7 +241,8 @@ def _device_check(key: str, value: Any) -> str | None:
 
 @dataclass
 class TrainConfig:
-    mode: str = opt('bp, caps, caps-full, local, or a schedule such as caps:0.9,caps-full', "caps", check=_mode_check)
+    mode: str = opt('bp, caps, caps-full, local, the layer-local peers local-pred, local-sim, local-predsim, dgl, or a schedule '
+                    'such as caps:0.9,caps-full', "caps", check=_mode_check)
     epochs: int = opt('number of epochs', 10, check=in_range(1, 10**6, open_high=False))
     batch_size: int = opt('training batch size (the global batch under torchrun; at least 2: batch statistics need two samples)', 128,
                           check=in_range(2, 2**24, open_high=False))
@@ -353,6 +370,10 @@ class MultimodalRunConfig:
             raise ConfigError(f"fusion concat-bp is end-to-end bp: set --mode bp (got '{self.train.mode}')")
         if mm.extend_from and mm.fusion != "joint":
             raise ConfigError("multimodal.extend_from adds modalities to a joint model: set multimodal.fusion=joint")
+        peers = sorted(_schedule_modes(self.train.mode) & PEER_MODES)
+        if peers and (len(mm.modalities) > 1 and mm.fusion != "late" or mm.extend_from):
+            raise ConfigError(f"mode {peers[0]} (a layer-local peer) trains single-encoder models: use --fusion late, one modality, "
+                              "or scripts/train_vision.py")
         check_setup(Setup.of(self.train, encoders=len(mm.modalities), frozen=bool(mm.extend_from), fusion=mm.fusion))
         return self
 
@@ -362,9 +383,8 @@ class MultimodalRunConfig:
 
 
 def _schedule_modes(mode: str) -> set[str]:
-    from .modes import ModeSchedule
-
     return set(ModeSchedule.parse(mode).modes)
+
 
 
 def slug(text: str) -> str:
@@ -610,7 +630,8 @@ def run_folder(config: Any, base: str | Path, sweep_keys: Sequence[str], cli_key
     flat = flat_config(config)
     seeded = "train.seed" in sweep_keys
     parts = [] if from_file or explicit_out else [shown(flat[k]) for k in config.identity_keys]
-    parts += [shown(flat[k]) for k in dict.fromkeys(sweep_keys) if k != "train.seed" and not k.endswith(RESUMABLE_SUFFIXES)]
+    parts += [shown(flat[k]) for k in dict.fromkeys(sweep_keys)
+              if k != "train.seed" and not k.endswith(RESUMABLE_SUFFIXES) and flat[k] is not None]  # None: unset
     if not explicit_out:
         named = set(sweep_keys) | (set() if from_file else set(config.identity_keys)) | {"out", "train.seed"}
         parts += [f"{k.rsplit('.', 1)[-1]}-{shown(flat[k])}" for k in dict.fromkeys(cli_keys)

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from .layers import batchnorm_stats_frozen
 from .model import CAPModel
-from .modes import reads_all_blocks
 from .objectives import training_loss
 from .prototypes import PrototypeHead
 from .readout import CAPReadout
@@ -111,7 +110,7 @@ def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], la
     10). The model's mode, gradients, running statistics and the RNG are left as they were. None
     for ``bp`` models, which have no global objective over every block.
     """
-    if not reads_all_blocks(model.mode):
+    if model.family != "cap":
         return None
     mode, was_training = model.mode, model.training
     saved_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -145,25 +144,31 @@ def activation_patterns(model: CAPModel, inputs: Tensor | dict[str, Tensor], pat
 
 
 def model_diagnostics(model: CAPModel, inputs: Tensor | dict[str, Tensor], labels: Tensor) -> dict[str, Any]:
-    """Every diagnostic for ``model`` on one batch (eval mode for the forward figures)."""
+    """Every diagnostic for ``model`` on one batch (eval mode for the forward figures).
+
+    A layer-local peer's model has no prototypes: its per-block accuracy is that of each block's own
+    classifier (where it has one), and it has no CAP scale or gradient consistency figures."""
     was_training = model.training
     model.eval()
-    num_classes = model.head.num_classes
-    width = model.head.slice_dims[0]
     with torch.no_grad():
         output = model(inputs)
-        activations = activation_patterns(model, inputs, width)
+        activations = activation_patterns(model, inputs, model.pattern_width)
     model.train(was_training)
-    slices = [s for name in model.as_inputs(inputs) for s in model.slices[name]]
     whole = torch.cat(activations, dim=1)
-    return {
-        "orthogonality": orthogonality(whole, labels, num_classes),
-        "orthogonality_by_block": [orthogonality(a, labels, num_classes)["inter"] for a in activations],
+    figures: dict[str, Any] = {
+        "orthogonality": orthogonality(whole, labels, model.num_classes),
+        "orthogonality_by_block": [orthogonality(a, labels, model.num_classes)["inter"] for a in activations],
         "sparsity": sparsity(whole),
         "sparsity_by_block": [sparsity(a) for a in activations],
+        "read_blocks": [b for name in model.as_inputs(inputs) for b in model.read_blocks[name]],
+    }
+    if model.head is None:
+        figures["block_accuracy"] = [(logits.argmax(1) == labels).float().mean().item() for logits in output.block_logits or []]
+        return figures
+    slices = [s for name in model.as_inputs(inputs) for s in model.slices[name]]
+    return figures | {
         "scale": scale(output.patterns, model),
         "block_accuracy": block_accuracy(model.head, output.patterns, labels, slices),
-        "read_blocks": [b for name in model.as_inputs(inputs) for b in model.read_blocks[name]],
         "gradient_cosine": gradient_consistency(model, inputs, labels),
     }
 

@@ -2,7 +2,7 @@
 
 A *block* is the unit between two stop-gradients. :meth:`CAPEncoder.iter_blocks` is the one loop
 over a chain of blocks in capsmm, and in the cut modes it feeds each block the previous activation
-through ``detach()``: that one line is where CAPs cuts the gradient (timm's
+through :func:`stop_gradient`: that one ``detach()`` is where CAPs cuts the gradient (timm's
 ``forward_intermediates`` shape, no hooks). The model's forward, memory-lean recomputation,
 block-parallel stages and the diagnostics all run blocks through it
 (:meth:`capsmm.model.CAPModel.iter_blocks` adds the readouts and the autocast context).
@@ -20,6 +20,12 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .registry import Registry
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """The stop-gradient of CAPs: ``x`` as a value, with no path back to what computed it. Every cut
+    in capsmm goes through here (between blocks; and into a layer-local peer's output layer)."""
+    return x.detach()
 
 
 class CAPEncoder(nn.Module):
@@ -48,7 +54,7 @@ class CAPEncoder(nn.Module):
         stop = len(self.blocks) if stop is None else stop
         for index in range(start, stop):
             if cut:
-                x = x.detach()  # the stop-gradient of CAPs: no gradient from block `index` reaches an earlier block
+                x = stop_gradient(x)  # no gradient from block `index` reaches an earlier block
             with context():
                 activation = self.blocks[index](x)
             yield index, x, activation

@@ -8,10 +8,23 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 POOL = "M"
+ACTIVATIONS = ("relu", "leakyrelu")
 
 
-def conv_blocks(in_channels: int, channels: Sequence[int | str], width_mult: float, dropout: float) -> list[nn.Sequential]:
+def activation(name: str) -> nn.Module:
+    """``relu``, or ``leakyrelu`` (slope 0.01, as local-loss uses it)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leakyrelu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ConfigError(f"unknown activation '{name}'; valid: {', '.join(ACTIVATIONS)}")
+
+
+def conv_blocks(in_channels: int, channels: Sequence[int | str], width_mult: float, dropout: float,
+                nonlinearity: str = "relu") -> list[nn.Sequential]:
     """VGG-style CAP blocks from a channel list (torchvision ``vgg.py`` style; ``"M"`` = 2x2 max-pool).
 
     One block per conv layer: conv3x3 (no bias: BatchNorm follows) -> BatchNorm -> ReLU [-> the
@@ -26,13 +39,42 @@ def conv_blocks(in_channels: int, channels: Sequence[int | str], width_mult: flo
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            activation(nonlinearity),
         ]
         if index + 1 < len(channels) and channels[index + 1] == POOL:
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         layers.append(nn.Dropout(dropout))
         blocks.append(nn.Sequential(*layers))
         in_channels = out_channels
+    return blocks
+
+
+def local_loss_blocks(in_shape: Sequence[int], channels: Sequence[int | str], width_mult: float, dropout: float,
+                      nonlinearity: str, fc_hidden: int) -> list[nn.Sequential]:
+    """VGG blocks in local-loss's order (its ``vgg8b``/``vgg11b``), then its fully connected block.
+
+    A block's output is its conv -> BatchNorm -> activation, before dropout and pooling, which open
+    the next block (local-loss computes its local losses there): block i = [Dropout2d] [2x2
+    max-pool, floor] conv3x3 -> BatchNorm -> activation; the last block = [Dropout2d] [pool]
+    flatten -> linear (``fc_hidden`` units, not scaled by ``width_mult``) -> BatchNorm -> activation.
+    """
+    c, h, w = in_shape
+    blocks: list[nn.Sequential] = []
+    opening: list[nn.Module] = []
+    for item in channels:
+        if item == POOL:
+            opening.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+            continue
+        out_channels = max(1, round(int(item) * width_mult))
+        blocks.append(nn.Sequential(*opening, nn.Conv2d(c, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                                    activation(nonlinearity)))
+        opening = [nn.Dropout2d(dropout)]
+        c = out_channels
+    if h < 1 or w < 1:
+        raise ConfigError(f"input {tuple(in_shape)} is too small for {len([x for x in channels if x == POOL])} poolings")
+    blocks.append(nn.Sequential(*opening, nn.Flatten(), nn.Linear(c * h * w, fc_hidden, bias=False), nn.BatchNorm1d(fc_hidden),
+                                activation(nonlinearity)))
     return blocks
 
 

@@ -1,8 +1,10 @@
 """CAPModel: encoders -> per-block readouts -> one pattern m -> class prototypes.
 
 Data flows one way: inputs -> ``encoders`` (blocks) -> ``readouts`` -> patterns -> ``head`` ->
-logits. The model never calls backward; the trainer owns the loss and the optimiser, and picks
-the mode (:mod:`capsmm.modes`).
+logits. The model never calls backward; strategies compute the loss and the gradients, the
+trainer picks the mode (:mod:`capsmm.modes`). For a layer-local peer's mode (``local-pred``,
+``dgl``...) the readouts are the peer's auxiliary heads (:mod:`capsmm.peers`) and there is no
+prototype head: the prediction comes from the last block's readout.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
 from .errors import ConfigError
-from .modes import DETACHED_MODES, check_mode, reads_all_blocks, same_family
+from .modes import CAP_FAMILIES, DETACHED_MODES, check_mode, mode_spec, same_family
+from .peers import PeerReadout
 from .prototypes import PrototypeHead
 from .readout import CAPReadout
 
@@ -29,7 +32,12 @@ class CAPOutput(NamedTuple):
     patterns: list[Tensor]
     """Per-block CAP vectors (B, d_i) that feed the head, in block order (modalities sorted by name)."""
     block_logits: list[Tensor] | None = None
-    """``local`` mode only: each block's scores against its own prototype slice; the loss sums their CEs."""
+    """``local``: each block's scores against its own prototype slice (the loss sums their CEs);
+    a peer: each block's own class scores, where it has them"""
+    parts: list[dict[str, Tensor]] | None = None
+    """a layer-local peer only: each block's pattern taken apart (``pred``, ``sim``, ``output``)"""
+    peer: tuple[str, int, float] | None = None
+    """a layer-local peer only: (family, number of classes, beta), what its loss needs"""
 
 
 class BlockPass(NamedTuple):
@@ -58,12 +66,15 @@ class CAPModel(nn.Module):
         encoders: modality name -> encoder. Stored key-sorted; encoders share no parameter.
         in_shapes: modality name -> per-sample input shape, used to size the readouts.
         num_classes: number of classes (prototypes).
-        mode: ``bp``, ``caps``, ``caps-full`` or ``local``; fixes which blocks have readouts
-            (``bp``: the last block of each encoder; otherwise every block).
+        mode: a mode of :data:`capsmm.modes.MODES`; fixes which blocks have readouts (``bp``: the
+            last block of each encoder; otherwise every block) and what they are (CAP readouts
+            and prototypes, or a layer-local peer's auxiliary heads).
         pattern_width: width of every block's CAP vector (the paper's 1024).
         readout_norm: ``batchnorm`` | ``layernorm`` | ``none``.
         head: ``cosine`` (eq. 7) | ``template`` (Algorithm 1).
         temperature: tau of the cosine head.
+        peer_options: options of a layer-local peer's readouts (``dim_in_decoder``, ``aux_convs``,
+            ``aux_mlp_layers``, ``aux_width``) and ``beta`` (predsim's weight of sim).
     """
 
     def __init__(
@@ -77,17 +88,26 @@ class CAPModel(nn.Module):
         readout_norm: str = "batchnorm",
         head: str = "cosine",
         temperature: float = 0.1,
+        peer_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not encoders:
             raise ConfigError("a CAPModel needs at least one encoder")
         self._mode = check_mode(mode)
+        self.family = mode_spec(mode).family
+        if self.family not in CAP_FAMILIES and len(encoders) > 1:
+            raise ConfigError(f"mode {mode} (a layer-local peer) trains single-encoder models")
+        self.num_classes = num_classes
+        self.peer_options = dict(peer_options or {})
+        self.beta = float(self.peer_options.pop("beta", 0.99))
         self.encoders = nn.ModuleDict({name: encoders[name] for name in sorted(encoders)})
         self.in_shapes = {name: tuple(in_shapes[name]) for name in self.encoders}
         self.pattern_width, self.readout_norm = pattern_width, readout_norm
         self.readouts = nn.ModuleDict()
         #: modality -> indices of the blocks that have a readout
         self.read_blocks: dict[str, tuple[int, ...]] = {}
+        #: modality -> block -> width of its pattern
+        self.pattern_widths: dict[str, dict[int, int]] = {}
         #: modality -> indices of its slices in the prototype head
         self.slices: dict[str, tuple[int, ...]] = {}
         #: modalities whose parameters and statistics are frozen (see :meth:`freeze`)
@@ -95,19 +115,25 @@ class CAPModel(nn.Module):
         #: autocast dtype of blocks, readouts and head (``train.amp``); see :meth:`set_precision`
         self.amp = "none"
         slice_dims = [self._add_readouts(name) for name in self.encoders]
-        self.head = PrototypeHead(num_classes, [d for dims in slice_dims for d in dims], head, temperature)
+        cap = self.family in CAP_FAMILIES
+        self.head = PrototypeHead(num_classes, [d for dims in slice_dims for d in dims], head, temperature) if cap else None
         offset = 0
         for name, dims in zip(self.encoders, slice_dims):
             self.slices[name] = tuple(range(offset, offset + len(dims)))
             offset += len(dims)
 
     def _add_readouts(self, name: str) -> list[int]:
-        """Build the readouts of encoder ``name``; returns the widths of its pattern slices."""
+        """Build the readouts of encoder ``name``; returns the widths of its patterns."""
         shapes = self.encoders[name].block_shapes(self.in_shapes[name])
-        read = tuple(range(len(shapes))) if reads_all_blocks(self._mode) else (len(shapes) - 1,)
+        read = tuple(range(len(shapes))) if mode_spec(self._mode).reads_all else (len(shapes) - 1,)
         self.read_blocks[name] = read
-        self.readouts[name] = nn.ModuleList(CAPReadout(shapes[i], self.pattern_width, self.readout_norm) for i in read)
-        return [self.pattern_width] * len(read)
+        if self.family in CAP_FAMILIES:
+            readouts = [CAPReadout(shapes[i], self.pattern_width, self.readout_norm) for i in read]
+        else:
+            readouts = [PeerReadout(self.family, shapes[i], self.num_classes, last=i == len(shapes) - 1, **self.peer_options) for i in read]
+        self.readouts[name] = nn.ModuleList(readouts)
+        self.pattern_widths[name] = {i: readout.width for i, readout in zip(read, readouts)}
+        return list(self.pattern_widths[name].values())
 
     def add_modality(self, name: str, encoder: CAPEncoder, in_shape: Sequence[int]) -> None:
         """Append an encoder, its readouts and its prototype slice to a (trained) model.
@@ -117,6 +143,8 @@ class CAPModel(nn.Module):
         """
         if name in self.encoders:
             raise ConfigError(f"the model already has a '{name}' encoder")
+        if self.head is None:
+            raise ConfigError(f"a {self._mode} model (a layer-local peer) has one encoder; modalities are added to CAP models")
         device = next(self.parameters()).device
         self.encoders[name] = encoder.to(device)
         self.in_shapes[name] = tuple(in_shape)
@@ -132,7 +160,7 @@ class CAPModel(nn.Module):
         for name in names:
             for module in (self.encoders[name], self.readouts[name]):
                 module.requires_grad_(False)
-            for index in self.slices[name]:
+            for index in self.slices[name] if self.head is not None else ():
                 self._chunk_of(index).requires_grad_(False)
         self.frozen |= set(names)
         self.train(self.training)
@@ -230,12 +258,19 @@ class CAPModel(nn.Module):
                 yield BlockPass(name, index, block_input, activation, pattern, slices.get(index))
 
     def score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
-        """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``.
+        """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``;
+        for a layer-local peer, the patterns taken apart and the last block's prediction.
 
         The head runs under the model's autocast; logits of a lower-precision autocast come back in
         float32, so the loss is computed in full precision whatever the autocast dtype.
         """
         upcast = (lambda t: t.float()) if self.amp != "none" else (lambda t: t)
+        if self.head is None:
+            readouts = [r for name in self.encoders for r in self.readouts[name]]
+            parts = [readouts[s].split(upcast(p)) for p, s in zip(patterns, slices)]
+            logits = parts[-1].get("output", parts[-1].get("pred"))
+            return CAPOutput(logits, list(patterns), [part["pred"] for part in parts if "pred" in part], parts,
+                             (self.family, self.num_classes, self.beta))
         with self.autocast(patterns[0].device):
             if self._mode == "local":
                 block_logits = [upcast(self.head([p], [s])) for p, s in zip(patterns, slices)]
@@ -257,6 +292,7 @@ def build_model(
     readout_norm: str = "batchnorm",
     head: str = "cosine",
     temperature: float = 0.1,
+    peer_options: Mapping[str, Any] | None = None,
     **encoder_options: object,
 ) -> CAPModel:
     """Build a single-encoder CAP model.
@@ -265,8 +301,8 @@ def build_model(
         backbone: a registered encoder name (``mlp``, ``vgg6`` ... ``vgg19``, or your own).
         num_classes: number of classes.
         in_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
-        mode: ``bp``, ``caps``, ``caps-full`` or ``local`` (or the first mode of a schedule).
-        pattern_width, readout_norm, head, temperature: see :class:`CAPModel`.
+        mode: a mode (``bp``, ``caps``, ``caps-full``, ``local``, a layer-local peer's), or the first of a schedule.
+        pattern_width, readout_norm, head, temperature, peer_options: see :class:`CAPModel`.
         **encoder_options: passed to the backbone builder (e.g. ``width_mult=2``, ``dropout=0.2``;
             the MLP also takes ``depth`` and ``hidden``).
 
@@ -283,4 +319,5 @@ def build_model(
         readout_norm=readout_norm,
         head=head,
         temperature=temperature,
+        peer_options=peer_options,
     )

@@ -1,14 +1,20 @@
 """Training modes and mode schedules.
 
-| mode        | gradient between blocks | objective                                              |
-|-------------|-------------------------|--------------------------------------------------------|
-| `caps`      | cut (stop-gradient)     | one global softmax-CE over scores of the whole pattern |
-| `caps-full` | kept                    | the same global loss                                   |
-| `bp`        | kept                    | softmax-CE over the last block's pattern only          |
-| `local`     | cut                     | sum over blocks of a per-block CE (own prototype slice)|
+| mode            | gradient between blocks | objective                                                                  |
+|-----------------|-------------------------|----------------------------------------------------------------------------|
+| `caps`          | cut (stop-gradient)     | one global softmax-CE over prototype scores of the whole pattern           |
+| `caps-full`     | kept                    | the same global loss                                                       |
+| `bp`            | kept                    | softmax-CE over the last block's pattern only                              |
+| `local`         | cut                     | sum over blocks of a per-block CE (own prototype slice)                    |
+| `local-pred`    | cut                     | local-loss (Nøkland & Eidnes 2019): per block, CE of a linear decoder      |
+| `local-sim`     | cut                     | local-loss: per block, MSE between similarity matrices of features/labels |
+| `local-predsim` | cut                     | local-loss: (1 - beta) pred + beta sim                                     |
+| `dgl`           | cut                     | DGL (Belilovsky et al. 2020): per block, CE of an auxiliary CNN/MLP        |
 
-Modes of one *family* share the same parameters (readouts and prototypes), so a run may switch
-between them: `caps`, `caps-full` and `local` read every block; `bp` reads the last block only.
+A mode's *family* is the set of modules its model holds besides the backbone: CAP readouts and
+prototypes (``cap``: caps, caps-full, local; ``cap-last``: bp, a readout on the last block only),
+or a layer-local peer's auxiliary heads (one family each; :mod:`capsmm.peers`). Modes of one
+family share their parameters, so a run may switch between them (a schedule).
 """
 
 from __future__ import annotations
@@ -17,27 +23,50 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-MODES: tuple[str, ...] = ("bp", "caps", "caps-full", "local")
 
+@dataclass(frozen=True)
+class Mode:
+    """What a mode asks of a model: where the gradient is cut, which blocks are read, by what."""
+
+    name: str
+    cuts: bool
+    """every block reads its input through the stop-gradient"""
+    reads_all: bool
+    """every block has a readout (else the last block only)"""
+    family: str
+    """the modules read the blocks: ``cap``, ``cap-last``, or a peer's name"""
+
+
+MODE_SPECS: dict[str, Mode] = {m.name: m for m in (
+    Mode("bp", cuts=False, reads_all=False, family="cap-last"),
+    Mode("caps", cuts=True, reads_all=True, family="cap"),
+    Mode("caps-full", cuts=False, reads_all=True, family="cap"),
+    Mode("local", cuts=True, reads_all=True, family="cap"),
+    Mode("local-pred", cuts=True, reads_all=True, family="local-pred"),
+    Mode("local-sim", cuts=True, reads_all=True, family="local-sim"),
+    Mode("local-predsim", cuts=True, reads_all=True, family="local-predsim"),
+    Mode("dgl", cuts=True, reads_all=True, family="dgl"),
+)}
+MODES: tuple[str, ...] = tuple(MODE_SPECS)
 #: modes whose blocks read their input through a stop-gradient
-DETACHED_MODES = frozenset({"caps", "local"})
-#: modes whose head reads only the last block
-LAST_BLOCK_MODES = frozenset({"bp"})
+DETACHED_MODES = frozenset(name for name, m in MODE_SPECS.items() if m.cuts)
+#: modes whose model holds CAP readouts and class prototypes (the others: a peer's auxiliary heads)
+CAP_FAMILIES = frozenset({"cap", "cap-last"})
+PEER_MODES = frozenset(name for name, m in MODE_SPECS.items() if m.family not in CAP_FAMILIES)
 
 
 def check_mode(mode: str) -> str:
-    if mode not in MODES:
+    if mode not in MODE_SPECS:
         raise ConfigError(f"unknown mode '{mode}'; valid: {', '.join(MODES)} (or a schedule such as 'caps:0.9,caps-full')")
     return mode
 
 
-def reads_all_blocks(mode: str) -> bool:
-    """Whether the head of ``mode`` reads a pattern from every block (else: the last block only)."""
-    return check_mode(mode) not in LAST_BLOCK_MODES
+def mode_spec(mode: str) -> Mode:
+    return MODE_SPECS[check_mode(mode)]
 
 
 def same_family(a: str, b: str) -> bool:
-    return reads_all_blocks(a) == reads_all_blocks(b)
+    return mode_spec(a).family == mode_spec(b).family
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,7 @@ class ModeSchedule:
     def parse(cls, text: str) -> "ModeSchedule":
         parts = [p.strip() for p in str(text).split(",") if p.strip()]
         if not parts:
-            raise ConfigError("train.mode is empty; give a mode (bp, caps, caps-full, local) or a schedule like 'caps:0.9,caps-full'")
+            raise ConfigError(f"train.mode is empty; give a mode ({', '.join(MODES)}) or a schedule like 'caps:0.9,caps-full'")
         segments: list[tuple[str, float]] = []
         previous_end = 0.0
         for index, part in enumerate(parts):
@@ -81,8 +110,8 @@ class ModeSchedule:
         for mode, _ in segments[1:]:
             if not same_family(first, mode):
                 raise ConfigError(
-                    f"schedule '{text}' mixes '{first}' and '{mode}', which need different heads; "
-                    "bp cannot be scheduled with caps, caps-full or local"
+                    f"schedule '{text}' mixes '{first}' and '{mode}', which need different heads; a schedule switches within "
+                    "one family (caps, caps-full, local); bp and each layer-local peer train alone"
                 )
         return cls(tuple(segments))
 

@@ -6,10 +6,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import CAPOutput
+from .peers import peer_loss
 
 
 def training_loss(output: CAPOutput, targets: Tensor) -> Tensor:
-    """``cross_entropy(logits, y)`` for bp/caps/caps-full; the sum of per-block CEs for ``local``."""
+    """``cross_entropy(logits, y)`` for bp/caps/caps-full; the sum of per-block CEs for ``local``;
+    a layer-local peer's local losses (:func:`capsmm.peers.peer_loss`)."""
+    if output.peer is not None:
+        family, num_classes, beta = output.peer
+        return peer_loss(family, output.parts or [], targets, num_classes, beta)
     if output.block_logits is not None:
         return sum(F.cross_entropy(logits, targets) for logits in output.block_logits)
     return F.cross_entropy(output.logits, targets)

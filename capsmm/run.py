@@ -95,9 +95,9 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
         mean, std = data.channel_stats()
         train = config.train
         shard = strategy.batch_shard
-        train_loader = BatchLoader(image_split(data.train, mean, std, config.data.augment), train.batch_size,
-                                   device=device, shuffle=True, seed=train.seed, shard=shard)
-        test_loader = BatchLoader(image_split(data.test, mean, std), train.eval_batch_size, device=device, shard=shard)
+        train_split, test_split = data.modal_splits(config.data)
+        train_loader = BatchLoader(train_split, train.batch_size, device=device, shuffle=True, seed=train.seed, shard=shard)
+        test_loader = BatchLoader(test_split, train.eval_batch_size, device=device, shard=shard)
         diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
         trainer = Trainer(
             strategy, train_loader, test_loader, out_dir,

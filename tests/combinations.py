@@ -35,13 +35,14 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import capsmm.modes  # noqa: E402
 from capsmm import CAPModel, build_encoder  # noqa: E402
 from capsmm.config import MultimodalRunConfig, RunConfig, TrainConfig, set_value  # noqa: E402
 from capsmm.distributed import DistContext  # noqa: E402
 from capsmm.errors import ConfigError  # noqa: E402
 from capsmm.strategies import build_strategy  # noqa: E402
 
-MODES = ("bp", "caps", "caps-full", "local")
+MODES = capsmm.modes.MODES  # bp, caps, caps-full, local and the layer-local peers
 MEMORY = ("standard", "lean")
 AMP = ("none", "bf16")
 NORMS = ("batchnorm", "layernorm", "none")
@@ -80,19 +81,30 @@ class Combo:
         ``approximate (why)``."""
         if self.parallel == "none" and self.memory == "standard":
             return "reference"
-        if self.parallel == "data" and self.norm == "batchnorm":
-            return "approximate (batch statistics per rank)"
-        if self.parallel == "blocks-2" and self.norm == "batchnorm":
-            return "approximate (batch statistics per micro-batch)"
+        where = {"data": "per rank", "blocks-2": "per micro-batch"}.get(self.parallel)
+        if where and self.couples_samples:
+            what = {"local-sim": "similarity matrix", "local-predsim": "similarity matrix", "dgl": "auxiliary batch norm"}.get(self.mode,
+                                                                                                                       "batch statistics")
+            return f"approximate ({what} {where})"
         if self.amp != "none":
             return "approximate (bf16 sums in another order)"
         return "exact"
+
+    @property
+    def couples_samples(self) -> bool:
+        """Whether a step's loss couples the samples of a batch beyond a sum over them: batch norm in the
+        readouts (CAP modes), a similarity matrix over the batch (local-sim, local-predsim), batch
+        norm in the auxiliary networks (dgl)."""
+        if self.mode in capsmm.modes.PEER_MODES:
+            return self.mode in ("local-sim", "local-predsim", "dgl")
+        return self.norm == "batchnorm"
 
     def expected_refusal(self) -> bool:
         """Which combinations the README says are refused (an independent statement of the rules)."""
         lean_without_cut = self.memory == "lean" and self.mode in ("bp", "caps-full")
         blocks = self.parallel.startswith("blocks")
-        return lean_without_cut or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full"))
+        peer_with_two_encoders = self.frozen and self.mode in capsmm.modes.PEER_MODES
+        return lean_without_cut or peer_with_two_encoders or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full"))
 
 
 def all_combos(batch: int = BATCH) -> list[Combo]:

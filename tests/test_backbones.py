@@ -8,8 +8,8 @@ from capsmm.encoder import ENCODERS
 from capsmm.errors import ConfigError
 from modalities.image import VGG_CHANNELS
 
-BACKBONES = ["mlp", "vgg6", "vgg8", "vgg11", "vgg16", "vgg19"]
-TINY = {"mlp": dict(hidden=64)} | {name: dict(width_mult=1 / 16) for name in VGG_CHANNELS}
+BACKBONES = ["mlp", "vgg6", "vgg8", "vgg11", "vgg16", "vgg19", "vgg8b", "vgg11b"]
+TINY = {"mlp": dict(hidden=64)} | {name: dict(width_mult=1 / 16) for name in [*VGG_CHANNELS, "vgg8b", "vgg11b"]}
 
 
 def test_registry_lists_the_papers_backbones():
@@ -28,14 +28,19 @@ def test_builds_and_steps(backbone, mode, norm, head):
     out = model(x)
     assert out.logits.shape == (6, 7)
     expected_patterns = 1 if mode == "bp" else len(model.blocks)
-    assert [tuple(p.shape) for p in out.patterns] == [(6, 48)] * expected_patterns
+    widths = [model.pattern_widths["image"][b] for b in model.read_blocks["image"]]
+    assert [tuple(p.shape) for p in out.patterns] == [(6, w) for w in widths] and len(widths) == expected_patterns
+    if model.head is not None:  # CAP readouts: every block's pattern has the pattern width
+        assert widths == [48] * expected_patterns
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss = training_loss(out, y)
-    assert torch.isfinite(loss)
-    loss.backward()
-    assert all(p.grad is not None for p in model.parameters()), "every parameter takes part in the objective"
-    optimizer.step()
+    for _ in range(2):  # two steps: a peer's zero-initialised decoders pass no gradient to their block in the first
+        optimizer.zero_grad()
+        loss = training_loss(model(x), y)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters()), "every parameter takes part in the objective"
+        optimizer.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -128,7 +128,8 @@ def test_schedule_switches_at_the_given_fraction():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("bp:0.5,caps", "bp cannot be scheduled"),
+    ("bp:0.5,caps", "bp and each layer-local peer train alone"),
+    ("caps:0.5,local-pred", "need different heads"),
     ("caps:0.5,caps-full:0.9", "leave the last segment without an end"),
     ("caps,caps-full", "needs an end fraction"),
     ("caps:0.7,local:0.3,caps-full", "must increase"),

@@ -223,5 +223,5 @@ def test_speed_options_do_not_change_the_result(tmp_path, option, rel):
 
 
 def test_lean_rejects_modes_that_keep_the_gradient(tmp_path):
-    with pytest.raises(ConfigError, match="lean needs caps or local"):
+    with pytest.raises(ConfigError, match="lean needs caps, local or a layer-local peer"):
         train(digits_config(tmp_path, **{"train.memory": "lean", "train.mode": "caps:0.5,caps-full"}), log=quiet)

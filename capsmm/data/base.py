@@ -83,7 +83,7 @@ class ImageDataset:
         from .batches import image_split
 
         mean, std = self.channel_stats()
-        return image_split(self.train, mean, std, config.augment), image_split(self.test, mean, std)
+        return image_split(self.train, mean, std, config.augment, config.crop_padding, config.cutout), image_split(self.test, mean, std)
 
 
 DatasetLoader = Callable[[DataConfig, Path], ImageDataset]

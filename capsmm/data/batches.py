@@ -33,6 +33,22 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int | 
     return rearrange(crops, "b h w c -> b c h w").contiguous()
 
 
+def cutout(images: Tensor, generator: torch.Generator, size: int, fill: Sequence[int]) -> Tensor:
+    """One ``size`` x ``size`` square per image set to ``fill`` (per channel), centred at a random pixel
+    and clipped at the borders (DeVries & Taylor's cutout, as local-loss applies it). ``fill`` is the
+    training set's mean pixel, so after normalisation the square is zero, as when cutting out a
+    normalised image."""
+    b, c, h, w = images.shape
+    cy = torch.randint(0, h, (b,), generator=generator).to(images.device)
+    cx = torch.randint(0, w, (b,), generator=generator).to(images.device)
+    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+    inside_y = (rows[None] >= (cy - size // 2)[:, None]) & (rows[None] < (cy + size // 2)[:, None])  # (B, H)
+    inside_x = (cols[None] >= (cx - size // 2)[:, None]) & (cols[None] < (cx + size // 2)[:, None])  # (B, W)
+    hole = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]  # (B, 1, H, W)
+    value = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    return torch.where(hole, value, images)
+
+
 class Normalize:
     """uint8 images -> float, standardised per channel with the training set's mean and std."""
 
@@ -63,8 +79,24 @@ class ModalSplit:
         return len(self.labels)
 
 
-def image_split(split: ImageSet, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> ModalSplit:
-    return ModalSplit(split.images, split.labels, Normalize(mean, std), random_crop_flip if augment else None)
+def image_split(split: ImageSet, mean: Sequence[float], std: Sequence[float], augment: bool = False,
+                crop_padding: int | None = None, cutout_size: int = 0) -> ModalSplit:
+    """A split as model input: standardised with ``mean``/``std``; with ``augment`` a random crop (zero
+    padding ``crop_padding``, default a side / 8) and flip, and with ``cutout_size`` > 0 cutout, on
+    every training batch."""
+    steps: list[Callable[[Tensor, torch.Generator], Tensor]] = []
+    if augment:
+        steps.append(lambda images, generator: random_crop_flip(images, generator, crop_padding))
+    if cutout_size:
+        fill = [round(255 * m) for m in mean]
+        steps.append(lambda images, generator: cutout(images, generator, cutout_size, fill))
+
+    def augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
+        for step in steps:
+            images = step(images, generator)
+        return images
+
+    return ModalSplit(split.images, split.labels, Normalize(mean, std), augmentation if steps else None)
 
 
 def same_class_partners(anchor_labels: Tensor, other_labels: Tensor, generator: torch.Generator) -> Tensor:

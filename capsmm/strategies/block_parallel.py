@@ -6,7 +6,7 @@ its output activation on (forward only), and sends its patterns m_i to the last 
 computes the loss and returns dL/dm_i to each owner; every rank then backpropagates dL/dm_i
 through its own blocks and steps its own optimiser. No activation gradient ever crosses ranks:
 each block only ever needs the small message dL/dm_i (batch x pattern width). This holds for
-every mode that cuts the gradient between blocks (``caps``, ``local``).
+every mode that cuts the gradient between blocks (``caps``, ``local``, the layer-local peers).
 
 For comparison, ``bp`` runs the same placement as a pipeline (:class:`PipelineBP`): it must send
 activation gradients back across every boundary.
@@ -85,7 +85,7 @@ class BlockParallel(Strategy):
         self.head_rank = dist_context.world - 1
         readouts = model.block_readouts(self.name)
         self.owned: list[nn.Module] = [*(self.encoder.blocks[i] for i in self.own), *(readouts[i] for i in self.own if i in readouts)]
-        if dist_context.rank == self.head_rank:
+        if dist_context.rank == self.head_rank and model.head is not None:
             self.owned.append(model.head)
         self.output_shapes = _block_output_shapes(model, self.name)
         self.traffic = Traffic()
@@ -100,7 +100,8 @@ class BlockParallel(Strategy):
     def refusal(cls, setup: Setup) -> str | None:
         modes = set(setup.modes)
         if not (modes <= DETACHED_MODES or modes == {"bp"}):
-            return (f"train.parallel=blocks trains a mode that cuts every block (caps, local; block-parallel) or bp (a pipeline); "
+            return (f"train.parallel=blocks trains a mode that cuts every block (caps, local, a layer-local peer; block-parallel) or bp "
+                    f"(a pipeline); "
                     f"train.mode has {', '.join(setup.modes)}")
         if setup.encoders != 1 or setup.fusion not in ("single", "joint"):
             return "train.parallel=blocks splits the blocks of one encoder; a model with several encoders trains with train.parallel=data"
@@ -162,7 +163,7 @@ class BlockParallel(Strategy):
             if block in mine:
                 patterns.append(mine[block])
             else:
-                leaf = self.recv((batch, self.model.head.slice_dims[0]), self.owner(block)).requires_grad_(torch.is_grad_enabled())
+                leaf = self.recv((batch, self.model.pattern_widths[self.name][block]), self.owner(block)).requires_grad_(torch.is_grad_enabled())
                 leaves.append((block, leaf))
                 patterns.append(leaf)
         return self.model.score(patterns, list(self.model.slices[self.name])), leaves
@@ -287,7 +288,7 @@ def _block_output_shapes(model: CAPModel, name: str) -> list[tuple[int, ...]]:
     was_training = model.training
     model.eval()
     try:
-        probe = encoder.probe_input(model.in_shapes[name], model.head.weight.device)
+        probe = encoder.probe_input(model.in_shapes[name], next(model.parameters()).device)
         return [tuple(p.activation.shape[1:]) for p in model.iter_blocks({name: probe})]
     finally:
         model.train(was_training)

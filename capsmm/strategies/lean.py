@@ -65,7 +65,8 @@ class Lean(LocalStrategy):
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
         if not set(setup.modes) <= DETACHED_MODES:
-            return f"train.memory=lean needs caps or local throughout (a mode that cuts every block); train.mode has {', '.join(setup.modes)}"
+            return (f"train.memory=lean needs caps, local or a layer-local peer throughout (a mode that cuts every block); "
+                    f"train.mode has {', '.join(setup.modes)}")
         if setup.compile:
             return "train.compile applies to train.memory=standard only (lean recomputes blocks outside the compiled forward)"
         if setup.fusion == "late":
