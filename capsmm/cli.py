@@ -46,8 +46,8 @@ VISION_FLAGS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "--out": (("out",), str, "output folder (out)"),
     "--seed": (("train.seed",), int, "random seed (train.seed)"),
     "--device": (("train.device",), str, "auto | cpu | cuda | cuda:N (train.device)"),
-    "--train-subset": (("data.train_subset",), int, "train on the first N samples only (data.train_subset)"),
-    "--test-subset": (("data.test_subset",), int, "test on the first N samples only (data.test_subset)"),
+    "--train-subset": (("data.train_subset",), int, "train on N samples, stratified by class (data.train_subset)"),
+    "--test-subset": (("data.test_subset",), int, "test on N samples, stratified by class (data.test_subset)"),
 }
 
 #: the multimodal script's flags
@@ -62,8 +62,8 @@ MULTIMODAL_FLAGS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "--epochs": VISION_FLAGS["--epochs"],
     "--batch-size": VISION_FLAGS["--batch-size"],
     "--lr": VISION_FLAGS["--lr"],
-    "--train-subset": (("image.train_subset", "audio.train_subset"), int, "first N training samples of each modality"),
-    "--test-subset": (("image.test_subset", "audio.test_subset"), int, "first N test samples of each modality"),
+    "--train-subset": (("image.train_subset", "audio.train_subset"), int, "N training samples of each modality, stratified by class"),
+    "--test-subset": (("image.test_subset", "audio.test_subset"), int, "N test samples of each modality, stratified by class"),
     "--seed": VISION_FLAGS["--seed"],
     "--device": VISION_FLAGS["--device"],
     "--out": VISION_FLAGS["--out"],

@@ -118,8 +118,8 @@ class DataConfig:
     root: str | None = opt('data root; default $CAPSMM_DATA, else ./data. torchvision sets live in <root>/torchvision', None)
     path: str | None = opt('imagefolder, hf-disk: folder of the set (absolute, or relative to the data root; default: the root)', None)
     download: bool = opt('download torchvision data sets that are missing (needs internet)', True)
-    train_subset: int | None = opt('use only the first N training samples', None, check=at_least(1))
-    test_subset: int | None = opt('use only the first N test samples', None, check=at_least(1))
+    train_subset: int | None = opt('use N training samples, stratified by class', None, check=at_least(1))
+    test_subset: int | None = opt('use N test samples, stratified by class', None, check=at_least(1))
     image_size: int = opt('imagefolder, hf-disk: images are resized to image_size x image_size', 32, check=in_range(1, 4096, open_high=False))
     augment: bool = opt('random crop (padding: crop_padding) + horizontal flip on training batches; off in the paper', False)
     crop_padding: int | None = opt('augment: pixels of zero padding around the random crop (default: a side / 8; local-loss: 2)', None,
@@ -141,8 +141,8 @@ class AudioDataConfig:
     sample_rate: int = opt("waveforms are resampled to this rate (Hz)", 8000, check=in_range(100, 384_000, open_high=False))
     duration: float = opt("seconds per clip: longer ones are centre-cropped, shorter ones zero-padded at the end", 1.0,
                           check=in_range(0.01, 600, open_high=False))
-    train_subset: int | None = opt("use only the first N training clips", None, check=at_least(1))
-    test_subset: int | None = opt("use only the first N test clips", None, check=at_least(1))
+    train_subset: int | None = opt("use N training clips, stratified by class", None, check=at_least(1))
+    test_subset: int | None = opt("use N test clips, stratified by class", None, check=at_least(1))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
@@ -265,7 +265,7 @@ class TrainConfig:
     eval_batch_size: int = opt('batch size for evaluation', 1000, check=in_range(1, 2**24, open_high=False))
     diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0,
                                  check=non_negative)
-    diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (the first N test samples)', 512,
+    diagnostics_samples: int = opt('size of the fixed test batch the diagnostics read (N test samples, stratified by class)', 512,
                                    check=in_range(2, 2**20, open_high=False))
     progress: bool = opt('show a tqdm progress bar per epoch (its loss: the running mean over the epoch)', True)
     tensorboard: bool = opt('also write TensorBoard event files to <run>/tensorboard (pip install capsmm[tensorboard]); metrics.jsonl stays the record', False)

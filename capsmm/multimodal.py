@@ -203,7 +203,7 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities)]
     diagnostics = None
     if isinstance(model, CAPModel):
-        diagnostic_loader = BatchLoader({n: _head(s, train_config.diagnostics_samples) for n, s in test.items()},
+        diagnostic_loader = BatchLoader({n: s.sample(train_config.diagnostics_samples) for n, s in test.items()},
                                         train_config.diagnostics_samples, device=device, seed=train_config.seed,
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))
@@ -215,10 +215,6 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
         if dist.is_main:
             atomic_write_json(Path(out_dir) / RESULTS, results)
     return results
-
-
-def _head(split: ModalSplit, n: int) -> ModalSplit:
-    return ModalSplit(split.inputs[:n], split.labels[:n], split.prepare)
 
 
 def load_trained_model(run_dir: Path, build: Callable[[dict[str, Any]], CAPModel]) -> tuple[CAPModel, dict[str, Any]]:

@@ -98,7 +98,7 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
         train_split, test_split = data.modal_splits(config.data)
         train_loader = BatchLoader(train_split, train.batch_size, device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(test_split, train.eval_batch_size, device=device, shard=shard)
-        diagnostics = BatchLoader(image_split(data.test.head(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
+        diagnostics = BatchLoader(image_split(data.test.sample(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
         trainer = Trainer(
             strategy, train_loader, test_loader, out_dir,
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},

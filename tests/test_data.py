@@ -149,10 +149,23 @@ def test_digits_is_offline_and_split_deterministically():
     assert torch.bincount(a.test.labels).min() >= 35  # stratified
 
 
-def test_subsets_take_the_first_samples():
+def test_subsets_are_stratified_by_class_and_fixed():
     full = load_image_dataset(DataConfig(name="digits"))
     part = load_image_dataset(DataConfig(name="digits", train_subset=100, test_subset=7))
-    assert torch.equal(part.train.images, full.train.images[:100]) and len(part.test) == 7
+    assert len(part.train) == 100 and len(part.test) == 7
+    assert torch.bincount(part.train.labels, minlength=10).tolist() == [10] * 10  # digits are balanced: 10 each
+    again = load_image_dataset(DataConfig(name="digits", train_subset=100, test_subset=7))
+    assert torch.equal(part.train.images, again.train.images)
+
+
+def test_stratified_indices_on_sorted_and_unbalanced_labels():
+    from capsmm.data import stratified_indices
+
+    labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)  # sorted by class, very unbalanced
+    index = stratified_indices(labels, 10)
+    assert len(index) == 10 and index.tolist() == sorted(index.tolist())
+    assert torch.bincount(labels[index], minlength=3).tolist() == [8, 1, 1]  # every class, in proportion
+    assert torch.equal(stratified_indices(labels, 1000), torch.arange(100))
 
 
 def write_folder(root, colour, sizes):

@@ -73,3 +73,48 @@ def test_add_audio_to_a_trained_image_model(data_root, fsdd_root, tmp_path, caps
     assert results["test_error_by_modality"]["image"] == image_alone
     code, _, err = run([*common, "--set", f"multimodal.extend_from={tmp_path / 'nothing'}", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "holds no checkpoint.safetensors" in err
+
+
+def write_class_sorted_folders(root, sizes):
+    """An image folder and an audio folder, classes of very different sizes (files sorted by class, as
+    ImageFolder reads them; the audio classes in the reverse sizes): class c is a bright band at
+    row 3c and a tone of 300 (c + 1) Hz."""
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    for split, scale in (("train", 1), ("test", 0.5)):
+        for c, size in enumerate(sizes):
+            images = root / "images" / split / f"class{c}"
+            clips = root / "audio" / split / f"class{c}"
+            images.mkdir(parents=True)
+            clips.mkdir(parents=True)
+            for k in range(max(2, int(size * scale))):
+                pixels = np.random.default_rng(k).integers(0, 40, (12, 12), dtype=np.uint8)
+                pixels[3 * c:3 * c + 3] = 220
+                Image.fromarray(pixels).save(images / f"{k}.png")
+            for k in range(max(2, int(sizes[-1 - c] * scale))):
+                t = np.arange(4000) / 16000
+                tone = 0.4 * np.sin(2 * np.pi * 300 * (c + 1) * t) + 0.05 * np.random.default_rng(k).standard_normal(4000)
+                soundfile.write(clips / f"{k}.wav", tone.astype(np.float32), 16000)
+
+
+def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, capsys):
+    write_class_sorted_folders(tmp_path, sizes=[40, 12, 4])
+    common = ["--image-dataset", "imagefolder", "--image-root", str(tmp_path / "images"), "--audio-dataset", "audiofolder",
+              "--audio-root", str(tmp_path / "audio"), "--set", "image.image_size=12", "--set", "audio.duration=0.25",
+              "--set", "train.diagnostics_samples=8", "--set", "train.diagnostics_every=1", "--epochs", "2", *SMALL]
+    code, out, err = run([*common, "--out", str(tmp_path / "joint")], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "joint" / "results.json").read_text())
+    assert set(results["test_error_by_modality"]) == {"audio", "image", "audio+image"}
+    metrics = [json.loads(line) for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert "diagnostics" in metrics[-1]
+    # subsets smaller than the folders keep every class; an image-only model then gains the audio
+    code, _, err = run([*common, "--set", "multimodal.modalities=[image]", "--set", "multimodal.anchor=image",
+                        "--train-subset", "10", "--out", str(tmp_path / "image")], capsys)
+    assert code == 0, err
+    code, _, err = run([*common, "--set", f"multimodal.extend_from={tmp_path / 'image'}", "--train-subset", "10",
+                        "--out", str(tmp_path / "both")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "both" / "results.json").read_text())["frozen_predictions_unchanged"] is True

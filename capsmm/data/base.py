@@ -30,6 +30,37 @@ def resolve_data_root(root: str | os.PathLike[str] | None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
+def stratified_indices(labels: Tensor, n: int | None) -> Tensor:
+    """``n`` indices into ``labels`` (all of them when ``n`` is None or too large), each class taking its
+    share of ``n`` in proportion to its size (largest remainders; every class at least one when ``n``
+    allows), chosen at random within the class by a fixed seed, in their original order.
+
+    Subsets for quick runs and diagnostics are taken this way, never as "the first N": data sets
+    sorted by class (an ImageFolder, an audio folder) would otherwise lose whole classes.
+    """
+    labels = torch.as_tensor(labels)
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    classes, counts = labels.unique(return_counts=True)
+    exact = counts.double() * n / len(labels)
+    shares = exact.floor().long()
+    if n >= len(classes):
+        shares = shares.clamp_min(1)
+    for index in torch.argsort(exact - exact.floor(), descending=True).tolist():  # largest remainders first
+        if shares.sum() >= n:
+            break
+        if shares[index] < counts[index]:
+            shares[index] += 1
+    while shares.sum() > n:  # the minimum of one per class may overshoot: trim the largest shares
+        shares[shares.argmax()] -= 1
+    generator = torch.Generator().manual_seed(0)
+    chosen = []
+    for cls, share in zip(classes.tolist(), shares.tolist()):
+        members = (labels == cls).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:share]])
+    return torch.cat(chosen).sort().values
+
+
 @dataclass
 class ImageSet:
     """One split: ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,)."""
@@ -47,9 +78,10 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def head(self, n: int | None) -> "ImageSet":
-        """The first ``n`` samples (all when ``n`` is None)."""
-        return self if n is None else ImageSet(self.images[:n], self.labels[:n])
+    def sample(self, n: int | None) -> "ImageSet":
+        """``n`` samples stratified by class (:func:`stratified_indices`; all when ``n`` is None)."""
+        index = stratified_indices(self.labels, n)
+        return ImageSet(self.images[index], self.labels[index])
 
 
 @dataclass
@@ -75,7 +107,7 @@ class ImageDataset:
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
 
     def subset(self, train: int | None, test: int | None) -> "ImageDataset":
-        return replace(self, train=self.train.head(train), test=self.test.head(test))
+        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
 
     def modal_splits(self, config: DataConfig) -> tuple["ModalSplit", "ModalSplit"]:
         """(train, test) as model inputs: standardised with the training set's channel statistics,

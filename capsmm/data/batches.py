@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..errors import DataError
-from .base import ImageSet
+from .base import ImageSet, stratified_indices
 
 
 def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int | None = None) -> Tensor:
@@ -77,6 +77,11 @@ class ModalSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def sample(self, n: int | None) -> "ModalSplit":
+        """``n`` samples stratified by class (:func:`~capsmm.data.stratified_indices`)."""
+        index = stratified_indices(self.labels, n)
+        return ModalSplit(self.inputs[index], self.labels[index], self.prepare, self.augment)
 
 
 def image_split(split: ImageSet, mean: Sequence[float], std: Sequence[float], augment: bool = False,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from capsmm.config import AudioDataConfig
-from capsmm.data import AUDIO_DATASETS, ModalSplit, load_dataset
+from capsmm.data import AUDIO_DATASETS, ModalSplit, load_dataset, stratified_indices
 from capsmm.errors import DataError
 from capsmm.optional import require
 
@@ -34,8 +34,10 @@ class AudioSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "AudioSet":
-        return self if n is None else AudioSet(self.waves[:n], self.labels[:n], self.speakers[:n])
+    def sample(self, n: int | None) -> "AudioSet":
+        """``n`` clips stratified by class (:func:`capsmm.data.stratified_indices`; all when ``n`` is None)."""
+        index = stratified_indices(self.labels, n)
+        return AudioSet(self.waves[index], self.labels[index], [self.speakers[i] for i in index.tolist()] if self.speakers else [])
 
 
 @dataclass
@@ -55,7 +57,7 @@ class AudioDataset:
         return (self.train.waves.shape[1],)
 
     def subset(self, train: int | None, test: int | None) -> "AudioDataset":
-        return replace(self, train=self.train.head(train), test=self.test.head(test))
+        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
 
     def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: the waveforms (the encoder computes its features)."""
@@ -106,7 +108,7 @@ def load_fsdd(config: AudioDataConfig, root: Path) -> AudioDataset:
 
     Split: ``test_speakers`` hold out those speakers entirely (speaker-independent test);
     otherwise the data set's own rule, takes 0-4 of every speaker and digit in test. Clips are
-    ordered take, speaker, digit, so the first N of a split cover every digit and speaker.
+    ordered take, speaker, digit.
     """
     folder = root / config.path if config.path else root / "fsdd"
     if (folder / "recordings").is_dir():
