@@ -143,6 +143,14 @@ class AudioDataConfig:
                           check=in_range(0.01, 600, open_high=False))
     train_subset: int | None = opt("use N training clips, stratified by class", None, check=at_least(1))
     test_subset: int | None = opt("use N test clips, stratified by class", None, check=at_least(1))
+    shift: float = opt("training batches: each clip shifted by up to this many seconds, either way (0 = off)", 0.0,
+                       check=in_range(0, 10, open_high=False))
+    gain_db: float = opt("training batches: each clip's gain changed by up to this many dB, either way (0 = off)", 0.0,
+                         check=in_range(0, 60, open_high=False))
+    noise_snr: float | None = opt("training batches: white noise at a random SNR from this many dB to 20 dB more (null = off)", None,
+                                  check=in_range(-20, 100, open_high=False))
+    speed: float = opt("training batches: each clip played faster or slower by up to this fraction (0 = off; 0.1 = 0.9x to 1.1x)", 0.0,
+                       check=in_range(0, 0.5, open_high=False))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
@@ -154,7 +162,8 @@ class AudioDataConfig:
 
 @dataclass
 class EncoderConfig:
-    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19; audio audio-cnn', "mlp",
+    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19, vgg8b, vgg11b; '
+                        'audio audio-cnn, audio-resnet', "mlp",
                         check=one_of(_registry_names("capsmm.encoder", "ENCODERS")))
     width_mult: float = opt("channel / unit multiplier (the paper's 1x, 2x, 4x)", 1.0, check=in_range(1e-3, 64, open_high=False))
     depth: int | None = opt('mlp only: number of hidden layers (default 3)', None, check=in_range(1, 1000, open_high=False))
@@ -172,9 +181,10 @@ class EncoderConfig:
         from .encoder import encoder_options
 
         accepted = encoder_options(self.backbone)
-        defaults = EncoderConfig()
+        defaults = type(self)()
         options: dict[str, Any] = {}
-        for key in ("width_mult", "dropout", "depth", "hidden", "activation", "block_batchnorm", "source"):
+        head_keys = {f.name for f in dataclasses.fields(HeadConfig)}
+        for key in (f.name for f in dataclasses.fields(self) if f.name != "backbone" and f.name not in head_keys):
             value = getattr(self, key)
             if value is not None and (key in accepted or value != getattr(defaults, key)):
                 options[key] = value
@@ -190,6 +200,20 @@ class EncoderConfig:
         taken = encoder_options(self.backbone)
         for key in sorted(set(self.encoder_options()) - set(taken)):
             raise ConfigError(f"{prefix}.{key} does not apply to backbone '{self.backbone}' (it takes: {', '.join(taken) or 'none'})")
+
+
+@dataclass
+class AudioEncoderConfig(EncoderConfig):
+    """An audio encoder: the keys of every encoder, and its front end's (unset: the backbone's defaults)."""
+
+    n_mels: int | None = opt("audio: mel bins (MFCC: half as many coefficients)", None, check=in_range(4, 512, open_high=False))
+    features: str | None = opt("audio: logmel or mfcc", None, check=one_of(("logmel", "mfcc")))
+    normalize: str | None = opt("audio: batch (one BatchNorm over the features) or utterance (each bin over the clip's frames)", None,
+                                check=one_of(("batch", "utterance")))
+    time_mask: int | None = opt("audio: SpecAugment, one mask of up to this many frames per training clip (0 = off)", None,
+                                check=in_range(0, 1000, open_high=False))
+    freq_mask: int | None = opt("audio: SpecAugment, one mask of up to this many bins per training clip (0 = off)", None,
+                                check=in_range(0, 512, open_high=False))
 
 
 @dataclass
@@ -325,6 +349,7 @@ class MultimodalConfig:
                        check=one_of(("class", "row")))
     modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0,
                                   check=in_range(0, 1))
+    gate: bool = opt("joint fusion: each modality's weight in the joint score follows how typical its pattern is (docs/multimodal.md)", True)
     extend_from: str | None = opt("run folder of a trained joint model: freeze it and train only the modalities it lacks", None)
 
     def validate(self, prefix: str) -> None:
@@ -340,7 +365,7 @@ class MultimodalRunConfig:
     image: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist"))
     audio: AudioDataConfig = field(default_factory=AudioDataConfig)
     image_model: EncoderConfig = field(default_factory=EncoderConfig)
-    audio_model: EncoderConfig = field(default_factory=lambda: EncoderConfig(backbone="audio-cnn"))
+    audio_model: AudioEncoderConfig = field(default_factory=lambda: AudioEncoderConfig(backbone="audio-cnn"))
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)

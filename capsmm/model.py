@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
 from .errors import ConfigError
+from .fusion import ModalityGate, gated_cosine, modality_terms
 from .modes import CAP_FAMILIES, DETACHED_MODES, check_mode, mode_spec, same_family
 from .peers import PeerReadout
 from .prototypes import PrototypeHead
@@ -38,6 +39,10 @@ class CAPOutput(NamedTuple):
     """a layer-local peer only: each block's pattern taken apart (``pred``, ``sim``, ``output``)"""
     peer: tuple[str, int, float] | None = None
     """a layer-local peer only: (family, number of classes, beta), what its loss needs"""
+    modalities: tuple[str, ...] | None = None
+    """with several modalities present (cosine head): their names, the rows of ``typicality``"""
+    typicality: Tensor | None = None
+    """(M, B): how typical each modality's pattern is of the clean training pairs (:mod:`capsmm.fusion`)"""
 
 
 class BlockPass(NamedTuple):
@@ -121,6 +126,11 @@ class CAPModel(nn.Module):
         for name, dims in zip(self.encoders, slice_dims):
             self.slices[name] = tuple(range(offset, offset + len(dims)))
             offset += len(dims)
+        #: per-modality typicality thresholds of the gated joint score (:mod:`capsmm.fusion`); used in
+        #: eval mode when ``gated`` is on and several modalities are present (cosine head only)
+        several = cap and head == "cosine" and len(self.encoders) > 1
+        self.gate = ModalityGate({name: sum(self.pattern_widths[name].values()) for name in self.encoders}, num_classes) if several else None
+        self.gated = False
 
     def _add_readouts(self, name: str) -> list[int]:
         """Build the readouts of encoder ``name``; returns the widths of its patterns."""
@@ -152,6 +162,11 @@ class CAPModel(nn.Module):
         self.readouts[name].to(device)
         self.slices[name] = tuple(self.head.add_slices(dims))
         self.head.chunks[-1].data = self.head.chunks[-1].data.to(device)
+        if self.head.kind == "cosine":
+            if self.gate is None:
+                old = [n for n in self.encoders if n != name]
+                self.gate = ModalityGate({n: sum(self.pattern_widths[n].values()) for n in old}, self.num_classes).to(device)
+            self.gate.add(name, sum(self.pattern_widths[name].values()))
 
     def freeze(self, modalities: Sequence[str] | None = None) -> None:
         """Stop training these modalities (default: all present): no gradient, and their batch-norm
@@ -275,7 +290,19 @@ class CAPModel(nn.Module):
             if self._mode == "local":
                 block_logits = [upcast(self.head([p], [s])) for p, s in zip(patterns, slices)]
                 return CAPOutput(block_logits[-1], list(patterns), block_logits)
-            return CAPOutput(upcast(self.head(patterns, slices)), list(patterns))
+            logits = upcast(self.head(patterns, slices))
+        owner = {s: name for name, owned in self.slices.items() for s in owned}
+        names = tuple(dict.fromkeys(owner[s] for s in slices))
+        if self.head.kind != "cosine" or len(names) < 2:
+            return CAPOutput(logits, list(patterns))
+        if self.gate is None:
+            return CAPOutput(logits, list(patterns))
+        groups = [[i for i, s in enumerate(slices) if owner[s] == n] for n in names]
+        typical = torch.stack([self.gate.typicality(n, torch.cat([patterns[i] for i in g], dim=1)) for n, g in zip(names, groups)])
+        if self.gated and not self.training:
+            terms = modality_terms(self.head, patterns, slices, groups)
+            logits = gated_cosine(*terms, self.gate.gates(names, typical), self.head.temperature)
+        return CAPOutput(logits, list(patterns), modalities=names, typicality=typical)
 
     def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> CAPOutput:
         read = [(p.pattern, p.slice) for p in self.iter_blocks(inputs) if p.pattern is not None]

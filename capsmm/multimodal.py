@@ -21,10 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write_json, load_checkpoint
+from .corruption import corrupted_splits
 from .data import BatchLoader, ModalSplit
 from .distributed import DistContext
 from .encoder import build_encoder
 from .errors import CheckpointError, ConfigError
+from .fusion import calibrate_gate
 from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
 from .retrieval import class_profile, retrieval_metrics
@@ -125,12 +127,14 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Sequence[str]) -> dict[str, Any]:
+def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Sequence[str],
+                        corrupted: Mapping[str, BatchLoader] | None = None) -> dict[str, Any]:
     """One pass over the test pairs: the error of every non-empty modality subset
     (``test_error_by_modality``: 'image', 'audio', 'audio+image', the missing-modality cases) and,
     with two or more modalities, cross-modal ``retrieval``: for every ordered pair ``a->b``, each
     test item of modality a queries the items of modality b through their class-probability
-    profiles (recall@1, mAP)."""
+    profiles (recall@1, mAP). With ``corrupted`` loaders (:func:`capsmm.corruption.corrupted_splits`),
+    ``corrupted_error``: the joint error with one modality corrupted (``audio=noise``: 0.12)."""
     logits, labels = collect_logits(model, loader, modality_subsets(modalities))
     result: dict[str, Any] = {"test_error_by_modality": {
         subset_name(subset): (values.argmax(1) != labels).float().mean().item() for subset, values in logits.items()}}
@@ -138,6 +142,11 @@ def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Seque
         profiles = {m: class_profile(logits[(m,)]) for m in modalities}
         result["retrieval"] = {f"{a}->{b}": retrieval_metrics(profiles[a], labels, profiles[b], labels)
                                for a, b in itertools.permutations(sorted(modalities), 2)}
+        everything = tuple(sorted(modalities))
+        result["corrupted_error"] = {}
+        for name, corrupted_loader in (corrupted or {}).items():
+            joint, corrupted_labels = collect_logits(model, corrupted_loader, [everything])
+            result["corrupted_error"][name] = (joint[everything].argmax(1) != corrupted_labels).float().mean().item()
     return result
 
 
@@ -186,11 +195,13 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                    out_dir: Path, *, run_config: dict[str, Any], summary: dict[str, Any], anchor: str, pairing: str = "class",
                    modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False, force: bool = False,
                    extra_results: Callable[[nn.Module], dict[str, Any]] | None = None,
-                   log: Callable[[str], None] = print, dist: DistContext = DistContext()) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, dist: DistContext = DistContext(), gate: bool = True) -> dict[str, Any]:
     """Train a multimodal model on paired splits and record per-modality errors and retrieval.
 
     ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
-    Each epoch's metrics gain ``test_error_by_modality`` and ``retrieval``; so do the results.
+    Each epoch's metrics gain ``test_error_by_modality``, ``retrieval`` and ``corrupted_error``; so
+    do the results. With ``gate`` a joint CAP model predicts with the gated joint score
+    (:mod:`capsmm.fusion`), its thresholds calibrated on the clean training pairs after every epoch.
     Under torchrun (``dist``) the strategy of ``train.parallel`` shares the work; rank 0 writes.
     """
     device = device or torch.device("cpu")
@@ -199,8 +210,15 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     options = dict(batch_size=train_config.batch_size, eval_batch_size=train_config.eval_batch_size, device=device,
                    seed=train_config.seed, anchor=anchor, pairing=pairing)
     train_loader, test_loader = multimodal_loaders(train, test, modality_dropout=modality_dropout, shard=strategy.batch_shard, **options)
-    whole_test = multimodal_loaders(test, test, **options)[1]  # the evaluators read every test pair on rank 0
-    evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities)]
+    pairs = lambda parts: multimodal_loaders(parts, parts, **options)[1]  # noqa: E731 - fixed pairs, unsharded
+    whole_test = pairs(test)  # the evaluators read every test pair on rank 0
+    corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test).items()} if len(modalities) > 1 else {}
+    evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities, corrupted)]
+    before_evaluation = []
+    if isinstance(model, CAPModel) and model.gate is not None and gate:
+        model.gated = True
+        clean_train = pairs({name: ModalSplit(split.inputs, split.labels, split.prepare) for name, split in train.items()})
+        before_evaluation.append(lambda m: calibrate_gate(m, clean_train))
     diagnostics = None
     if isinstance(model, CAPModel):
         diagnostic_loader = BatchLoader({n: s.sample(train_config.diagnostics_samples) for n, s in test.items()},
@@ -208,7 +226,7 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))
     trainer = Trainer(strategy, train_loader, test_loader, out_dir, run_config=run_config, summary=summary,
-                      evaluators=evaluators, diagnostics_batch=diagnostics, log=log)
+                      evaluators=evaluators, before_evaluation=before_evaluation, diagnostics_batch=diagnostics, log=log)
     results = trainer.fit(resume=resume, force=force)
     if extra_results is not None and "frozen_predictions_unchanged" not in results:
         results.update(extra_results(trainer.model))

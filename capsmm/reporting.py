@@ -37,20 +37,27 @@ def _modalities(runs: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(k for run in runs for k in (run.value("test_error_by_modality") or {})))
 
 
-def summary_table(runs: Sequence[RunRecord]) -> str:
-    """One row per cell: the varying keys' values, n, test error (and per modality subset), train
-    error, epochs and wall time; errors in percent as mean ± std over the cell's runs."""
-    keys = varying_keys(runs)
-    subsets = _modalities(runs)
+def _corruptions(runs: Sequence[RunRecord]) -> list[str]:
+    return list(dict.fromkeys(k for run in runs for k in (run.value("corrupted_error") or {})))
+
+
+def summary_table(runs: Sequence[RunRecord], pooled: Sequence[str] = ()) -> str:
+    """One row per cell: the varying keys' values, n, test error (and per modality subset, and with a
+    modality corrupted), train error, epochs and wall time; errors in percent as mean ± std over the
+    cell's runs (its seeds, and the values of the ``pooled`` keys)."""
+    keys = varying_keys(runs, pooled)
+    subsets, corruptions = _modalities(runs), _corruptions(runs)
     head = [short_key(k, keys) for k in keys] or ["run"]
-    head += ["n", "test error (%)", *[f"{s} (%)" for s in subsets], "train error (%)", "epochs", "wall s"]
+    head += ["n", "test error (%)", *[f"{s} (%)" for s in subsets], *[f"joint, {c} (%)" for c in corruptions],
+             "train error (%)", "epochs", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for members in cells(runs, keys).values():
         first = members[0]
         ids = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
         errors = lambda key: [v for v in (m.value(key) for m in members) if v is not None]  # noqa: E731
         row = [*ids, str(len(members)), mean_std(errors("test_error")),
-               *[mean_std(errors(f"test_error_by_modality.{s}")) for s in subsets], mean_std(errors("train_error")),
+               *[mean_std(errors(f"test_error_by_modality.{s}")) for s in subsets],
+               *[mean_std(errors(f"corrupted_error.{c}")) for c in corruptions], mean_std(errors("train_error")),
                _epochs(members), mean_std(errors("wall_seconds"), scale=1, digits=0)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -61,47 +68,51 @@ def _epochs(members: Sequence[RunRecord]) -> str:
     return "/".join(map(str, epochs)) or "-"
 
 
-def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error") -> list[dict[str, Any]]:
+def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error",
+                       pooled: Sequence[str] = ()) -> list[dict[str, Any]]:
     """For every cell of ``key = first``, its twin with ``key = second`` (same values of every other
-    varying key): ``metric(first) - metric(second)`` per seed both have, with mean, std, n and the
-    95% confidence interval of the mean (Student's t)."""
-    keys = [k for k in varying_keys(runs) if k != key]
-    by_value: dict[str, dict[tuple[Any, ...], dict[int, float]]] = {}
+    varying key): ``metric(first) - metric(second)`` per replicate both have (seed, and the values of
+    the ``pooled`` keys), with mean, std, n and the 95% confidence interval of the mean (Student's t)."""
+    keys = [k for k in varying_keys(runs, pooled) if k != key]
+    by_value: dict[str, dict[tuple[Any, ...], dict[str, float]]] = {}
     for run in runs:
         value = run.value(metric)
         if value is None:
             continue
         cell = tuple(json.dumps(run.config.get(k)) for k in keys)
-        by_value.setdefault(json.dumps(run.config.get(key)), {}).setdefault(cell, {})[run.seed] = value
+        by_value.setdefault(json.dumps(run.config.get(key)), {}).setdefault(cell, {})[run.replicate(pooled)] = value
     a, b = by_value.get(json.dumps(first), {}), by_value.get(json.dumps(second), {})
     comparisons = []
     for cell in a:
-        seeds = sorted(set(a[cell]) & set(b.get(cell, {})))
-        if not seeds:
+        replicates = sorted(set(a[cell]) & set(b.get(cell, {})))
+        if not replicates:
             continue
-        diffs = [a[cell][s] - b[cell][s] for s in seeds]
+        diffs = [a[cell][r] - b[cell][r] for r in replicates]
         mean = statistics.fmean(diffs)
         half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-        comparisons.append({"cell": dict(zip(keys, (json.loads(c) for c in cell))), "seeds": seeds, "differences": diffs,
+        comparisons.append({"cell": dict(zip(keys, (json.loads(c) for c in cell))), "replicates": [json.loads(r) for r in replicates],
+                            "differences": diffs,
                             "mean": mean, "std": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
                             "ci95": (mean - half, mean + half)})
     return comparisons
 
 
-def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error") -> str:
+def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error",
+                 pooled: Sequence[str] = ()) -> str:
     """:func:`paired_differences` as markdown, in percentage points."""
-    comparisons = paired_differences(runs, key, first, second, metric)
-    keys = [k for k in varying_keys(runs) if k != key]
+    comparisons = paired_differences(runs, key, first, second, metric, pooled)
+    keys = [k for k in varying_keys(runs, pooled) if k != key]
     name = short_key(key, [key, *keys])
-    head = [short_key(k, keys) for k in keys] + [f"{metric}: {name}={first} − {name}={second} (pp)", "n (paired seeds)", "95% CI (pp)"]
+    head = [short_key(k, keys) for k in keys] + [f"{metric}: {name}={shown(first)} − {name}={shown(second)} (pp)", "n (pairs)",
+                                                 "95% CI (pp)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comparisons:
         ci = "-" if math.isnan(c["ci95"][0]) else f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}]"
         spread = "" if math.isnan(c["std"]) else f" ± {100 * c['std']:.2f}"
-        row = [shown(c["cell"][k]) for k in keys] + [f"{100 * c['mean']:+.2f}{spread}", str(len(c["seeds"])), ci]
+        row = [shown(c["cell"][k]) for k in keys] + [f"{100 * c['mean']:+.2f}{spread}", str(len(c["replicates"])), ci]
         lines.append("| " + " | ".join(row) + " |")
     if not comparisons:
-        lines.append("| " + " | ".join(["(no runs of both on the same seeds)"] + [""] * (len(head) - 1)) + " |")
+        lines.append("| " + " | ".join(["(no runs of both on the same replicates)"] + [""] * (len(head) - 1)) + " |")
     return "\n".join(lines)
 
 
@@ -121,17 +132,18 @@ def parse_comparison(text: str, runs: Sequence[RunRecord]) -> list[tuple[str, An
     return [(key, present[wanted[0]], present[other]) for other in others]
 
 
-def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = ()) -> str:
-    """The summary table, then the paired comparisons asked for; with none asked and several seeds
-    per cell, every value of each varying key against its first value."""
-    parts = [summary_table(runs)]
+def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = (), pooled: Sequence[str] = (),
+                      metric: str = "test_error") -> str:
+    """The summary table, then the paired comparisons asked for; with none asked and several
+    replicates per cell, every value of each varying key against its first value."""
+    parts = [summary_table(runs, pooled)]
     pairs = [pair for text in comparisons for pair in parse_comparison(text, runs)]
-    if not pairs and any(len(members) > 1 for members in cells(runs).values()):
-        for key in varying_keys(runs):
+    if not pairs and any(len(members) > 1 for members in cells(runs, varying_keys(runs, pooled)).values()):
+        for key in varying_keys(runs, pooled):
             values = list(dict.fromkeys(json.dumps(run.config.get(key)) for run in runs))
             pairs += [(key, json.loads(v), json.loads(values[0])) for v in values[1:]]
     for key, first, second in pairs:
-        parts.append(paired_table(runs, key, first, second))
+        parts.append(paired_table(runs, key, first, second, metric, pooled))
     return "\n\n".join(parts)
 
 

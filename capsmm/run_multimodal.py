@@ -109,7 +109,8 @@ def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, force
         }
         return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
                               anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
-                              device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context)
+                              device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context,
+                              gate=mm.gate)
 
 
 def _describe(model: nn.Module) -> str:

@@ -28,6 +28,11 @@ class RunRecord:
     def seed(self) -> int | None:
         return self.config.get("train.seed")
 
+    def replicate(self, pooled: Sequence[str] = ()) -> str:
+        """What makes this run one replicate of its cell: its seed and the values of the ``pooled``
+        keys (a leave-one-speaker-out fold, say); two methods are paired on equal replicates."""
+        return json.dumps([self.seed, *(self.config.get(k) for k in pooled)])
+
     def series(self, key: str) -> tuple[list[int], list[Any]]:
         """(epochs, values) of a metric, skipping epochs without it; nested keys use dots."""
         epochs, values = [], []
@@ -89,11 +94,11 @@ def find_runs(paths: Iterable[str | Path], finished: bool = False) -> list[RunRe
     return runs
 
 
-def varying_keys(runs: Sequence[RunRecord]) -> list[str]:
-    """The config keys whose values differ among ``runs`` (seed, output folder, and keys a resumed run
-    may change excluded): what tells the runs' cells apart, in config order."""
+def varying_keys(runs: Sequence[RunRecord], pooled: Sequence[str] = ()) -> list[str]:
+    """The config keys whose values differ among ``runs`` (seed, output folder, keys a resumed run may
+    change, and the ``pooled`` keys excluded): what tells the runs' cells apart, in config order."""
     keys = list(dict.fromkeys(k for run in runs for k in run.config))
-    ignored = lambda k: k in INCIDENTAL or k.endswith(RESUMABLE_SUFFIXES)  # noqa: E731
+    ignored = lambda k: k in INCIDENTAL or k in pooled or k.endswith(RESUMABLE_SUFFIXES)  # noqa: E731
     return [k for k in keys if not ignored(k) and len({json.dumps(run.config.get(k), sort_keys=True) for run in runs}) > 1]
 
 

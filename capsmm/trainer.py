@@ -58,6 +58,8 @@ class Trainer:
         run_config: the whole resolved config (saved in checkpoints and results; a resumed run must match it).
         summary: fields that head ``results.json`` (dataset, backbone, mode...).
         evaluators: functions of the model giving extra per-epoch figures (e.g. per-modality error), as dicts.
+        before_evaluation: functions of the model run on every rank after each epoch's training, before
+            it is evaluated (e.g. calibrating a multimodal model's gates).
         diagnostics_batch: the fixed batch that ``train.diagnostics_every`` reads.
     """
 
@@ -71,6 +73,7 @@ class Trainer:
         run_config: dict[str, Any],
         summary: dict[str, Any],
         evaluators: Sequence[Evaluator] = (),
+        before_evaluation: Sequence[Callable[[Any], None]] = (),
         diagnostics_batch: Batch | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -82,6 +85,7 @@ class Trainer:
         self.run_config = run_config
         self.summary = summary
         self.evaluators = list(evaluators)
+        self.before_evaluation = list(before_evaluation)
         self.evaluated_keys: set[str] = set()
         self.out_dir = Path(out_dir)
         self.log = log if self.dist.is_main else (lambda line: None)
@@ -252,6 +256,8 @@ class Trainer:
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "mode": mode, "lr": lr}
             record.update(self._train_epoch(epoch, mode))
+            for prepare in self.before_evaluation:
+                prepare(self.model)
             record["test_error"] = self.evaluate()
             record.update(self.timer.collect())
             for evaluator in self.evaluators if self.inspects_model else ():

@@ -7,6 +7,7 @@ Examples:
   python scripts/report.py runs/quickstart                              # every run under the folder
   python scripts/report.py runs/quickstart --compare train.mode=caps,bp # caps - bp, paired by seed
   python scripts/report.py runs/table1 --paper --markdown runs/table1.md
+  python scripts/report.py runs/fsdd_loso --pool audio.test_speakers --compare multimodal.fusion=joint  # over folds
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding run folders at any depth")
     parser.add_argument("--compare", action="append", default=[], metavar="KEY=A,B",
                         help="paired difference A - B of the test error on the same seeds (KEY=A: A against every other value)")
+    parser.add_argument("--pool", action="append", default=[], metavar="KEY",
+                        help="treat KEY like the seed: one row over its values, pairs matched on them (e.g. audio.test_speakers "
+                             "for leave-one-speaker-out folds)")
+    parser.add_argument("--metric", default="test_error", help="what --compare compares, from results.json (dots reach inside: "
+                                                                 "test_error_by_modality.audio)")
     parser.add_argument("--paper", action="store_true", help="the paper's table shape: one error column per data set")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     return parser
@@ -34,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     runs = find_runs(args.runs, finished=True)
-    text = paper_table(runs) if args.paper else comparison_report(runs, args.compare)
+    text = paper_table(runs) if args.paper else comparison_report(runs, args.compare, args.pool, args.metric)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

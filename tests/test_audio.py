@@ -84,3 +84,70 @@ def test_fsdd_real_recordings(fsdd_root):
     data = load_audio_dataset(AudioDataConfig(root=str(fsdd_root), test_speakers=["lucas"]))
     assert (len(data.train), len(data.test), data.num_classes) == (1500, 500, 10)
     assert set(data.test.speakers) == {"lucas"}
+
+
+# ---------------------------------------------------------------------------- augmentations, front ends, encoders
+
+def test_time_shift_moves_content_and_fills_with_zeros():
+    from modalities.audio.augment import time_shift
+
+    waves = torch.arange(1, 21, dtype=torch.float32).repeat(64, 1)
+    shifted = time_shift(waves, torch.Generator().manual_seed(0), 3)
+    for row in shifted:
+        nonzero = row[row != 0]
+        start = int((row != 0).nonzero()[0])
+        assert torch.equal(nonzero, torch.arange(nonzero[0].item(), nonzero[0].item() + len(nonzero)))  # content in order
+        assert len(nonzero) >= 17 and (start == 0 or nonzero[0] == 1)
+    assert len({tuple(row.tolist()) for row in shifted}) > 3  # different shifts
+
+
+def test_gain_and_noise_stay_in_their_ranges():
+    from modalities.audio.augment import additive_noise, gain
+
+    waves = torch.from_numpy(np.stack([tone(440, 0.25, 8000)] * 200))
+    db = 20 * torch.log10(gain(waves, torch.Generator().manual_seed(0), 6.0).abs().amax(1) / waves.abs().amax(1))
+    assert db.abs().max() <= 6.0 + 1e-4 and db.std() > 1
+    noisy = additive_noise(waves, torch.Generator().manual_seed(0), 10.0)
+    snr = 10 * torch.log10(waves.pow(2).mean(1) / (noisy - waves).pow(2).mean(1))
+    assert 9.0 < snr.min() and snr.max() < 31.0
+
+
+def test_speed_scales_the_frequency():
+    from modalities.audio.augment import speed
+
+    waves = torch.from_numpy(tone(500, 1.0, 8000))[None].repeat(50, 1)
+    faster = speed(waves, torch.Generator().manual_seed(1), 0.2)
+    found = torch.fft.rfft(faster[:, :4000]).abs().argmax(1).float() * 8000 / 4000
+    assert found.min() >= 0.8 * 500 - 5 and found.max() <= 1.2 * 500 + 5 and found.std() > 10
+
+
+def test_utterance_normalisation_removes_the_gain():
+    from modalities.audio import AudioFrontEnd
+
+    front = AudioFrontEnd(8000, normalize="utterance").eval()
+    clip = torch.from_numpy(np.stack([tone(300, 1.0, 8000) + 0.01 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)]))
+    torch.testing.assert_close(front(clip * 10), front(clip), atol=2e-3, rtol=0)
+
+
+def test_specaugment_masks_in_training_only_and_mfcc_shape():
+    from modalities.audio import AudioFrontEnd
+
+    clip = torch.from_numpy(tone(300, 1.0, 8000))[None].repeat(4, 1)
+    front = AudioFrontEnd(8000, time_mask=20, freq_mask=8)
+    plain = AudioFrontEnd(8000)
+    front.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(front.eval()(clip), plain.eval()(clip))
+    torch.manual_seed(0)
+    assert (front.train()(clip) == 0).any()  # masked bins and frames are zero
+    assert AudioFrontEnd(8000, n_mels=40, features="mfcc")(clip).shape[:3] == (4, 1, 20)
+
+
+def test_audio_resnet_blocks_are_cut_between_and_skip_within():
+    from capsmm import build_model
+
+    model = build_model("audio-resnet", num_classes=3, in_shape=(2000,), mode="caps", width_mult=0.25, pattern_width=16).train()
+    out = model(torch.randn(6, 2000))
+    assert len(model.blocks) == 4 and len(out.patterns) == 4
+    for j in range(1, 4):
+        grads = torch.autograd.grad(out.patterns[j].sum(), list(model.blocks[j - 1].parameters()), allow_unused=True, retain_graph=True)
+        assert all(g is None for g in grads), f"pattern {j} reaches block {j - 1}"

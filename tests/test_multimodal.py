@@ -12,6 +12,7 @@ from capsmm import CAPEncoder, CAPModel, training_loss
 from capsmm.config import TrainConfig
 from capsmm.data import ModalSplit
 from capsmm.encoder import build_encoder, register_encoder
+from capsmm.fusion import calibrate_gate
 from capsmm.multimodal import EncoderSpec, LateFusion, build_fusion_model, evaluate_modalities, fit_multimodal, multimodal_loaders
 
 SPECS = {
@@ -198,3 +199,40 @@ def test_joint_training_beats_chance_in_every_subset(tmp_path):
     evaluated = evaluate_modalities(model, multimodal_loaders(train, test, batch_size=16, eval_batch_size=64, device=torch.device("cpu"),
                                                               seed=0, anchor="audio")[1], ["audio", "image"])
     assert evaluated["test_error_by_modality"] == pytest.approx(results["test_error_by_modality"], abs=1e-6)  # results: rounded to 1e-6
+
+
+# ---------------------------------------------------------------------------- gated fusion, corrupted modalities
+
+def test_the_gated_score_is_the_joint_one_when_open_and_the_other_modality_alone_when_closed():
+    model = joint().eval()
+    inputs, labels = batch()
+    model.gated = True  # uncalibrated gates stay open: the joint cosine itself
+    torch.testing.assert_close(model(inputs).logits, joint().eval()(inputs).logits, rtol=1e-5, atol=1e-5)
+    calibrate_gate(model, [(inputs, labels)])
+    model.gate.low.fill_(-1e9)
+    model.gate.high.fill_(-1e9 + 1)  # calibrated statistics, gates forced open again
+    typical = model(inputs).typicality
+    rows = {name: i for i, name in enumerate(model(inputs).modalities)}
+    # shut the audio gate for the first half of the batch only: those samples score as image alone
+    threshold = typical[rows["audio"]].sort().values[3:5].mean()
+    model.gate.high[model.gate.modalities.index("audio")] = threshold + 1e-6
+    model.gate.low[model.gate.modalities.index("audio")] = threshold
+    gated, image_alone, ungated = model(inputs).logits, model({"image": inputs["image"]}).logits, joint().eval()(inputs).logits
+    shut = typical[rows["audio"]] <= threshold
+    assert shut.sum() == 4
+    torch.testing.assert_close(gated[shut], image_alone[shut], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gated[~shut], ungated[~shut], rtol=1e-5, atol=1e-5)
+
+
+def test_a_corrupted_modality_leaves_the_joint_prediction_to_the_clean_one(tmp_path):
+    train, test = paired_parts()
+    results = fit_multimodal(joint("caps"), train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
+                             log=lambda _: None)
+    corrupted, alone = results["corrupted_error"], results["test_error_by_modality"]
+    assert set(corrupted) == {"audio=noise", "audio=silence", "audio=tones", "image=noise", "image=blank"}
+    for name, error in corrupted.items():
+        clean = alone["image" if name.startswith("audio") else "audio"]
+        assert error <= clean + 0.01, f"{name}: joint {error:.3f} against the clean modality alone {clean:.3f}"
+    ungated = fit_multimodal(joint("caps"), train, test, small_train(epochs=4), tmp_path / "ungated", run_config={}, summary={},
+                             anchor="audio", log=lambda _: None, gate=False)
+    assert ungated["test_error_by_modality"] == results["test_error_by_modality"]  # gates change the joint prediction only

@@ -35,9 +35,22 @@ def test_summary_is_mean_and_std_per_cell_and_pairs_are_matched_by_seed():
     assert f"| caps | 4 | {100 * statistics.mean(caps):.2f} ± {100 * statistics.stdev(caps):.2f} |" in table
     [pair] = paired_differences(runs, "train.mode", "caps", "bp")
     differences = [c - b for c, b in zip(errors["caps"], errors["bp"])]
-    assert pair["seeds"] == [0, 1, 2] and pair["mean"] == pytest.approx(statistics.mean(differences))
+    assert pair["replicates"] == [[0], [1], [2]] and pair["mean"] == pytest.approx(statistics.mean(differences))
     half = scipy.stats.t.ppf(0.975, 2) * statistics.stdev(differences) / math.sqrt(3)
     assert pair["ci95"] == pytest.approx((statistics.mean(differences) - half, statistics.mean(differences) + half))
+
+
+def test_pooled_folds_make_one_row_and_pair_on_fold_and_seed():
+    runs = []
+    for fold, offset in (("ann", 0.0), ("bob", 0.1)):
+        for mode, error in (("bp", 0.2), ("caps", 0.25)):
+            run = fake(mode, 0, error + offset)
+            run.config["audio.test_speakers"] = [fold]
+            runs.append(run)
+    table = summary_table(runs, pooled=["audio.test_speakers"])
+    assert "| bp | 2 | 25.00 ± 7.07 |" in table and "| caps | 2 | 30.00 ± 7.07 |" in table
+    [pair] = paired_differences(runs, "train.mode", "caps", "bp", pooled=["audio.test_speakers"])
+    assert pair["replicates"] == [[0, ["ann"]], [0, ["bob"]]] and pair["differences"] == pytest.approx([0.05, 0.05])
 
 
 def test_rows_name_what_differs_joint_and_late_fusion_apart():

@@ -1,8 +1,9 @@
-"""Audio modality: waveform loading (soundfile), resampling and log-mel features (torchaudio), a conv
-encoder whose blocks emit CAP blocks, and the ``fsdd`` / ``audiofolder`` data sets."""
+"""Audio modality: waveform loading (soundfile), resampling, augmentation of training batches, log-mel or
+MFCC features (torchaudio), conv and residual encoders whose blocks emit CAP blocks, and the ``fsdd`` /
+``audiofolder`` data sets."""
 
 from .data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length, load_audio_dataset, read_wave
-from .encoder import AudioConvEncoder, LogMel, audio_cnn
+from .encoder import AudioEncoder, AudioFrontEnd, audio_cnn, audio_resnet
 
-__all__ = ["AUDIO_DATASETS", "AudioConvEncoder", "AudioDataset", "AudioSet", "LogMel", "audio_cnn", "fix_length",
+__all__ = ["AUDIO_DATASETS", "AudioDataset", "AudioEncoder", "AudioFrontEnd", "AudioSet", "audio_cnn", "audio_resnet", "fix_length",
            "load_audio_dataset", "read_wave"]

@@ -20,6 +20,8 @@ from capsmm.data import AUDIO_DATASETS, ModalSplit, load_dataset, stratified_ind
 from capsmm.errors import DataError
 from capsmm.optional import require
 
+from .augment import waveform_augmentation
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
@@ -60,8 +62,10 @@ class AudioDataset:
         return replace(self, train=self.train.sample(train), test=self.test.sample(test))
 
     def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
-        """(train, test) as model inputs: the waveforms (the encoder computes its features)."""
-        return ModalSplit(self.train.waves, self.train.labels), ModalSplit(self.test.waves, self.test.labels)
+        """(train, test) as model inputs: the waveforms (the encoder computes its features), training
+        batches augmented as ``config`` asks."""
+        augment = waveform_augmentation(config.sample_rate, config.shift, config.gain_db, config.noise_snr, config.speed)
+        return ModalSplit(self.train.waves, self.train.labels, augment=augment), ModalSplit(self.test.waves, self.test.labels)
 
 
 def fix_length(wave: Tensor, length: int) -> Tensor:
