@@ -134,7 +134,9 @@ def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Seque
     with two or more modalities, cross-modal ``retrieval``: for every ordered pair ``a->b``, each
     test item of modality a queries the items of modality b through their class-probability
     profiles (recall@1, mAP). With ``corrupted`` loaders (:func:`capsmm.corruption.corrupted_splits`),
-    ``corrupted_error``: the joint error with one modality corrupted (``audio=noise``: 0.12)."""
+    ``corrupted_error``: the joint error with one modality corrupted (``audio=noise``: 0.12). A gated
+    joint model also reports its joint errors without gates (``ungated_error``: ``clean`` and each
+    corruption)."""
     logits, labels = collect_logits(model, loader, modality_subsets(modalities))
     result: dict[str, Any] = {"test_error_by_modality": {
         subset_name(subset): (values.argmax(1) != labels).float().mean().item() for subset, values in logits.items()}}
@@ -143,10 +145,22 @@ def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Seque
         result["retrieval"] = {f"{a}->{b}": retrieval_metrics(profiles[a], labels, profiles[b], labels)
                                for a, b in itertools.permutations(sorted(modalities), 2)}
         everything = tuple(sorted(modalities))
-        result["corrupted_error"] = {}
-        for name, corrupted_loader in (corrupted or {}).items():
-            joint, corrupted_labels = collect_logits(model, corrupted_loader, [everything])
-            result["corrupted_error"][name] = (joint[everything].argmax(1) != corrupted_labels).float().mean().item()
+
+        def joint_errors(variants: Mapping[str, BatchLoader]) -> dict[str, float]:
+            errors = {}
+            for name, variant_loader in variants.items():
+                joint, variant_labels = collect_logits(model, variant_loader, [everything])
+                errors[name] = (joint[everything].argmax(1) != variant_labels).float().mean().item()
+            return errors
+
+        result["corrupted_error"] = joint_errors(corrupted or {})
+        if getattr(model, "gated", False):  # the same joint figures without the gates, for comparison
+            model.gated = False
+            try:
+                ungated = joint_errors({"clean": loader, **(corrupted or {})})
+            finally:
+                model.gated = True
+            result["ungated_error"] = ungated
     return result
 
 

@@ -41,26 +41,35 @@ def _corruptions(runs: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(k for run in runs for k in (run.value("corrupted_error") or {})))
 
 
-def summary_table(runs: Sequence[RunRecord], pooled: Sequence[str] = ()) -> str:
+def summary_table(runs: Sequence[RunRecord], pooled: Sequence[str] = (), columns: Sequence[str] | None = None) -> str:
     """One row per cell: the varying keys' values, n, test error (and per modality subset, and with a
     modality corrupted), train error, epochs and wall time; errors in percent as mean ± std over the
-    cell's runs (its seeds, and the values of the ``pooled`` keys)."""
+    cell's runs (its seeds, and the values of the ``pooled`` keys). ``columns``: other figures of
+    results.json to show instead of the errors (dotted keys; errors, in percent)."""
     keys = varying_keys(runs, pooled)
     subsets, corruptions = _modalities(runs), _corruptions(runs)
+    figures = list(columns) if columns else ["test_error", *[f"test_error_by_modality.{s}" for s in subsets],
+                                             *[f"corrupted_error.{c}" for c in corruptions], "train_error"]
     head = [short_key(k, keys) for k in keys] or ["run"]
-    head += ["n", "test error (%)", *[f"{s} (%)" for s in subsets], *[f"joint, {c} (%)" for c in corruptions],
-             "train error (%)", "epochs", "wall s"]
+    head += ["n", *[f"{_figure_label(f)} (%)" for f in figures], "epochs", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for members in cells(runs, keys).values():
         first = members[0]
         ids = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
         errors = lambda key: [v for v in (m.value(key) for m in members) if v is not None]  # noqa: E731
-        row = [*ids, str(len(members)), mean_std(errors("test_error")),
-               *[mean_std(errors(f"test_error_by_modality.{s}")) for s in subsets],
-               *[mean_std(errors(f"corrupted_error.{c}")) for c in corruptions], mean_std(errors("train_error")),
+        row = [*ids, str(len(members)), *[mean_std(errors(f)) for f in figures],
                _epochs(members), mean_std(errors("wall_seconds"), scale=1, digits=0)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _figure_label(key: str) -> str:
+    """``test_error`` -> ``test error``; ``test_error_by_modality.audio`` -> ``audio``;
+    ``corrupted_error.audio=noise`` -> ``joint, audio=noise``; ``ungated_error.clean`` -> ``ungated clean``."""
+    family, _, item = key.partition(".")
+    if not item:
+        return key.replace("_", " ")
+    return {"test_error_by_modality": item, "corrupted_error": f"joint, {item}"}.get(family, f"{family.removesuffix('_error')} {item}")
 
 
 def _epochs(members: Sequence[RunRecord]) -> str:
@@ -133,10 +142,10 @@ def parse_comparison(text: str, runs: Sequence[RunRecord]) -> list[tuple[str, An
 
 
 def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = (), pooled: Sequence[str] = (),
-                      metric: str = "test_error") -> str:
+                      metric: str = "test_error", columns: Sequence[str] | None = None) -> str:
     """The summary table, then the paired comparisons asked for; with none asked and several
     replicates per cell, every value of each varying key against its first value."""
-    parts = [summary_table(runs, pooled)]
+    parts = [summary_table(runs, pooled, columns)]
     pairs = [pair for text in comparisons for pair in parse_comparison(text, runs)]
     if not pairs and any(len(members) > 1 for members in cells(runs, varying_keys(runs, pooled)).values()):
         for key in varying_keys(runs, pooled):

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "for leave-one-speaker-out folds)")
     parser.add_argument("--metric", default="test_error", help="what --compare compares, from results.json (dots reach inside: "
                                                                  "test_error_by_modality.audio)")
+    parser.add_argument("--columns", type=lambda text: [c.strip() for c in text.split(",") if c.strip()], metavar="A,B",
+                        help="figures of results.json to show (dotted keys, shown in percent), instead of the errors")
     parser.add_argument("--paper", action="store_true", help="the paper's table shape: one error column per data set")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     return parser
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     runs = find_runs(args.runs, finished=True)
-    text = paper_table(runs) if args.paper else comparison_report(runs, args.compare, args.pool, args.metric)
+    text = paper_table(runs) if args.paper else comparison_report(runs, args.compare, args.pool, args.metric, args.columns)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
