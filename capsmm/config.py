@@ -162,11 +162,13 @@ class AudioDataConfig:
 
 @dataclass
 class EncoderConfig:
-    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19, vgg8b, vgg11b; '
-                        'audio audio-cnn, audio-resnet', "mlp",
+    backbone: str = opt('a registered encoder of the modality: image mlp, vgg6, vgg8, vgg11, vgg16, vgg19, vgg8b, vgg11b, '
+                        'resnet20, resnet32, resnet56, resnet110, resnet18, vit-tiny; audio audio-cnn, audio-resnet', "mlp",
                         check=one_of(_registry_names("capsmm.encoder", "ENCODERS")))
     width_mult: float = opt("channel / unit multiplier (the paper's 1x, 2x, 4x)", 1.0, check=in_range(1e-3, 64, open_high=False))
-    depth: int | None = opt('mlp only: number of hidden layers (default 3)', None, check=in_range(1, 1000, open_high=False))
+    depth: int | None = opt('mlp: hidden layers (default 3); vit-tiny: transformer layers (default 12)', None,
+                            check=in_range(1, 1000, open_high=False))
+    patch: int | None = opt('vit-tiny: patch side in pixels (default 4)', None, check=in_range(1, 1024, open_high=False))
     hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None, check=in_range(1, 10**6, open_high=False))
     dropout: float = opt('dropout at the end of every block', 0.2, check=in_range(0, 1))
     activation: str | None = opt('mlp and vgg backbones: relu (default) or leakyrelu (slope 0.01, local-loss\'s)', None,

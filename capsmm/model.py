@@ -117,6 +117,10 @@ class CAPModel(nn.Module):
         self.slices: dict[str, tuple[int, ...]] = {}
         #: modalities whose parameters and statistics are frozen (see :meth:`freeze`)
         self.frozen: set[str] = set()
+        #: single blocks frozen the same way, as (modality, index) (class-incremental training)
+        self.frozen_blocks: set[tuple[str, int]] = set()
+        #: the classes that take part in the softmax (None: all); see :meth:`set_class_mask`
+        self.class_mask: Tensor | None = None
         #: autocast dtype of blocks, readouts and head (``train.amp``); see :meth:`set_precision`
         self.amp = "none"
         slice_dims = [self._add_readouts(name) for name in self.encoders]
@@ -196,7 +200,19 @@ class CAPModel(nn.Module):
         for name in self.frozen:
             self.encoders[name].eval()
             self.readouts[name].eval()
+        for name, index in self.frozen_blocks:
+            self.encoders[name].blocks[index].eval()
         return self
+
+    def set_class_mask(self, classes: Sequence[int] | None) -> None:
+        """Score only these classes (the others' logits are -inf: out of the softmax, their prototypes
+        untouched); None scores every class. Class-incremental training grows it task by task."""
+        if classes is None:
+            self.class_mask = None
+            return
+        mask = torch.zeros(self.num_classes, dtype=torch.bool)
+        mask[list(classes)] = True
+        self.class_mask = mask
 
     @property
     def mode(self) -> str:
@@ -274,11 +290,21 @@ class CAPModel(nn.Module):
 
     def score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
         """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``;
-        for a layer-local peer, the patterns taken apart and the last block's prediction.
+        for a layer-local peer, the patterns taken apart and the last block's prediction. Classes
+        outside :attr:`class_mask` score -inf.
 
         The head runs under the model's autocast; logits of a lower-precision autocast come back in
         float32, so the loss is computed in full precision whatever the autocast dtype.
         """
+        output = self._score(patterns, slices)
+        if self.class_mask is None:
+            return output
+        hidden = ~self.class_mask.to(output.logits.device)
+        mask = lambda logits: logits.masked_fill(hidden, float("-inf"))  # noqa: E731
+        return output._replace(logits=mask(output.logits),
+                               block_logits=None if output.block_logits is None else [mask(b) for b in output.block_logits])
+
+    def _score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
         upcast = (lambda t: t.float()) if self.amp != "none" else (lambda t: t)
         if self.head is None:
             readouts = [r for name in self.encoders for r in self.readouts[name]]

@@ -48,9 +48,14 @@ def similarity_matrix(features: Tensor) -> Tensor:
 
 
 def _spatial(in_shape: Sequence[int]) -> tuple[int, ...]:
-    if len(in_shape) not in (1, 3):
-        raise ConfigError(f"layer-local peers read vector (D,) or feature-map (C, H, W) blocks, got shape {tuple(in_shape)}")
+    if len(in_shape) not in (1, 2, 3):
+        raise ConfigError(f"layer-local peers read vector (D,), sequence (C, L) or feature-map (C, H, W) blocks, got {tuple(in_shape)}")
     return tuple(in_shape[1:])
+
+
+def _layers(spatial: tuple[int, ...]) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
+    """(convolution, adaptive average pooling, batch norm) for maps of these spatial dimensions (1-D: tokens)."""
+    return (nn.Conv1d, nn.AdaptiveAvgPool1d, nn.BatchNorm1d) if len(spatial) == 1 else (nn.Conv2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)
 
 
 def decoder_grid(channels: int, size: int, dim_in_decoder: int) -> tuple[int, int]:
@@ -79,10 +84,14 @@ class LocalPredictor(nn.Sequential):
         spatial = _spatial(in_shape)
         layers: list[nn.Module] = []
         features = in_shape[0]
-        if spatial:
+        if len(spatial) == 2:
             grid = decoder_grid(in_shape[0], spatial[0], dim_in_decoder)
             layers.append(nn.AdaptiveAvgPool2d(grid))
             features = in_shape[0] * grid[0] * grid[1]
+        elif spatial:  # tokens: as many cells as fit in dim_in_decoder
+            cells = max(1, min(spatial[0], dim_in_decoder // in_shape[0]))
+            layers.append(nn.AdaptiveAvgPool1d(cells))
+            features = in_shape[0] * cells
         decoder = nn.Linear(features, num_classes)
         nn.init.zeros_(decoder.weight)
         super().__init__(*layers, Flatten(), decoder)
@@ -95,13 +104,14 @@ class SimilarityProjection(nn.Module):
         super().__init__()
         spatial = _spatial(in_shape)
         channels = in_shape[0]
-        self.project = nn.Conv2d(channels, channels, 3, padding=1, bias=False) if spatial else nn.Linear(channels, channels, bias=False)
+        conv = _layers(spatial)[0]
+        self.project = conv(channels, channels, 3, padding=1, bias=False) if spatial else nn.Linear(channels, channels, bias=False)
         self.std_over_space = bool(spatial) and channels > 3 and spatial[0] > 1
 
     def forward(self, activation: Tensor) -> Tensor:
         projected = self.project(activation)
         if self.std_over_space:
-            return rearrange(projected, "b c h w -> b c (h w)").std(dim=2)
+            return rearrange(projected, "b c ... -> b c (...)").std(dim=2)
         return rearrange(projected, "b ... -> b (...)")
 
 
@@ -113,10 +123,11 @@ class AuxiliaryNetwork(nn.Sequential):
         channels = in_shape[0]
         layers: list[nn.Module] = []
         if spatial:
-            layers.append(nn.AdaptiveAvgPool2d((math.ceil(spatial[0] / 4), math.ceil(spatial[1] / 4))))
+            conv, pool, norm = _layers(spatial)
+            layers.append(pool(tuple(math.ceil(s / 4) for s in spatial)))
             for _ in range(convs):
-                layers += [nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-            layers.append(nn.AdaptiveAvgPool2d((2, 2)))
+                layers += [conv(channels, channels, 1, bias=False), norm(channels), nn.ReLU(inplace=True)]
+            layers.append(pool((2, 2) if len(spatial) == 2 else 4))  # 4 cells either way, as DGL's 2 x 2
             features = 4 * channels
         else:
             features = channels

@@ -138,6 +138,29 @@ def plot_block_accuracy(runs: Sequence[RunRecord], path: Path) -> Path:
     return _finish(fig, path, loc="upper center", ncol=max(1, len(selected)))
 
 
+def plot_incremental(runs: Sequence[RunRecord], path: Path) -> Path:
+    """Class-incremental runs: accuracy on every class seen so far after each task, mean ± std over seeds."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, (label, members) in enumerate(_with_results(runs, "seen_accuracy")):
+        curves = [run.value("seen_accuracy") for run in members]
+        tasks = list(range(1, max(map(len, curves)) + 1))
+        by_task = [[c[t - 1] for c in curves if len(c) >= t] for t in tasks]
+        mean = [100 * statistics.fmean(v) for v in by_task]
+        std = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_task]
+        ax.plot(tasks, mean, "o-", color=f"C{index}", markersize=4, label=f"{label} (n={len(members)})" if len(members) > 1 else label)
+        if len(members) > 1:
+            ax.fill_between(tasks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], color=f"C{index}", alpha=0.15,
+                            linewidth=0)
+    ax.set(xlabel="task", ylabel="accuracy on the classes seen (%)", title="Class-incremental learning (band: ± std over seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+def _with_results(runs: Sequence[RunRecord], key: str) -> list[Cell]:
+    return [(label, members) for label, members in labelled_cells(runs) if any(run.value(key) for run in members)]
+
+
 FIGURES = {
     "errors.png": plot_errors,
     "orthogonality_sparsity.png": plot_orthogonality_sparsity,
@@ -148,5 +171,10 @@ FIGURES = {
 
 
 def plot_all(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
+    """Every figure that the runs have data for (epoch figures need per-epoch metrics; the
+    class-incremental one, incremental runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot(runs, out_dir / name) for name, plot in FIGURES.items()]
+    figures = dict(FIGURES) if any(run.metrics for run in runs) else {}
+    if any(run.value("seen_accuracy") for run in runs):
+        figures["incremental.png"] = plot_incremental
+    return [plot(runs, out_dir / name) for name, plot in figures.items()]

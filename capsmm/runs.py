@@ -53,13 +53,17 @@ class RunRecord:
         return value
 
 
+def is_run_folder(path: Path) -> bool:
+    return (path / "metrics.jsonl").is_file() or (path / "results.json").is_file()
+
+
 def read_run(path: str | Path) -> RunRecord:
     path = Path(path)
     metrics_path = path / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise DataError(f"{path} is not a run folder: it has no metrics.jsonl (give run folders, or folders holding them)")
+    if not is_run_folder(path):
+        raise DataError(f"{path} is not a run folder: it has no metrics.jsonl or results.json (give run folders, or folders holding them)")
     try:
-        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
         results = json.loads((path / "results.json").read_text()) if (path / "results.json").is_file() else None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: unreadable metrics or results ({error})") from None
@@ -75,6 +79,14 @@ def read_run(path: str | Path) -> RunRecord:
     return RunRecord(path, metrics, results, flatten_dict(config))
 
 
+def run_folders(root: Path) -> list[Path]:
+    """``root`` if it is a run folder, else the run folders under it at any depth (not looking inside
+    a run folder: a class-incremental run keeps its tasks' runs there)."""
+    if is_run_folder(root):
+        return [root]
+    return [folder for child in sorted(p for p in root.iterdir() if p.is_dir()) for folder in run_folders(child)]
+
+
 def find_runs(paths: Iterable[str | Path], finished: bool = False) -> list[RunRecord]:
     """Every run folder given, or found (at any depth) under the folders given, in path order.
 
@@ -84,7 +96,7 @@ def find_runs(paths: Iterable[str | Path], finished: bool = False) -> list[RunRe
     for root in map(Path, paths):
         if not root.exists():
             raise DataError(f"{root} does not exist")
-        folders = [root] if (root / "metrics.jsonl").is_file() else sorted(p.parent for p in root.rglob("metrics.jsonl"))
+        folders = run_folders(root)
         found = [read_run(folder) for folder in folders]
         found = [run for run in found if run.results is not None] if finished else found
         if not found:

@@ -8,8 +8,9 @@ from capsmm.encoder import ENCODERS
 from capsmm.errors import ConfigError
 from modalities.image import VGG_CHANNELS
 
-BACKBONES = ["mlp", "vgg6", "vgg8", "vgg11", "vgg16", "vgg19", "vgg8b", "vgg11b"]
-TINY = {"mlp": dict(hidden=64)} | {name: dict(width_mult=1 / 16) for name in [*VGG_CHANNELS, "vgg8b", "vgg11b"]}
+BACKBONES = ["mlp", "vgg6", "vgg8", "vgg11", "vgg16", "vgg19", "vgg8b", "vgg11b", "resnet20", "resnet18", "vit-tiny"]
+TINY = ({"mlp": dict(hidden=64)} | {name: dict(width_mult=1 / 16) for name in [*VGG_CHANNELS, "vgg8b", "vgg11b", "resnet18"]}
+        | {"resnet20": dict(width_mult=0.25), "vit-tiny": dict(width_mult=1 / 16, depth=2)})
 
 
 def test_registry_lists_the_papers_backbones():
@@ -66,6 +67,37 @@ def test_classic_vgg_parameter_counts_match_torchvision(name):
     conv_biases = sum(m.bias.numel() for m in reference if isinstance(m, torch.nn.Conv2d))
     encoder = ENCODERS.get(name)(in_shape=(3, 32, 32))
     assert sum(p.numel() for p in encoder.parameters()) == sum(p.numel() for p in reference.parameters()) - conv_biases
+
+
+@pytest.mark.parametrize("name, blocks, published", [
+    ("resnet20", 10, 0.27e6), ("resnet32", 16, 0.46e6), ("resnet56", 28, 0.85e6), ("resnet110", 55, 1.7e6), ("resnet18", 9, 11.17e6)])
+def test_resnets_have_the_published_sizes(name, blocks, published):
+    # He et al. 2016, Table 6 (CIFAR-10, with their 10-way output layer); ResNet-18 for CIFAR: 11.17M
+    encoder = ENCODERS.get(name)(in_shape=(3, 32, 32))
+    width = encoder.block_shapes((3, 32, 32))[-1][0]
+    assert len(encoder.blocks) == blocks  # the stem, then one CAP block per residual block
+    assert sum(p.numel() for p in encoder.parameters()) + width * 10 + 10 == pytest.approx(published, rel=0.02)
+
+
+def test_vit_tiny_is_deit_tiny_sized_and_reads_tokens():
+    encoder = ENCODERS.get("vit-tiny")(in_shape=(3, 32, 32))
+    assert len(encoder.blocks) == 12 and encoder.block_shapes((3, 32, 32)) == [(192, 64)] * 12  # (width, tokens) per layer
+    assert sum(p.numel() for p in encoder.parameters()) == pytest.approx(5.36e6, rel=0.01)  # DeiT-Ti: 5.7M with class token and head
+
+
+@pytest.mark.parametrize("name, options", [("resnet20", {}), ("resnet32", {}), ("resnet56", {"width_mult": 0.5}),
+                                           ("resnet110", {"width_mult": 0.25}), ("resnet18", {"width_mult": 0.125}),
+                                           ("vit-tiny", {"depth": 3, "width_mult": 0.5})])
+def test_no_gradient_crosses_a_residual_or_transformer_block_in_caps(name, options):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, in_shape=(3, 16, 16), mode="caps", pattern_width=32, **options).train()
+    out = model(torch.randn(4, 3, 16, 16))
+    blocks = list(model.blocks)
+    for j in range(1, len(blocks), max(1, len(blocks) // 6)):
+        grads = torch.autograd.grad(out.patterns[j].sum(), list(blocks[j - 1].parameters()), allow_unused=True, retain_graph=True)
+        assert all(g is None for g in grads), f"{name}: pattern {j} reaches block {j - 1}"
+    own = torch.autograd.grad(out.patterns[-1].sum(), list(blocks[-1].parameters()), allow_unused=True)
+    assert all(g is not None for g in own)  # the skip connection inside a block still carries its gradient
 
 
 def test_mlp_default_is_3x3000():

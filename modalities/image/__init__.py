@@ -1,6 +1,9 @@
-"""Image backbones of the paper: the 3x3000 MLP and the VGG family (registered on import)."""
+"""Image backbones (registered on import): the paper's 3x3000 MLP and VGG family, local-loss's VGG8b /
+VGG11b, the CIFAR ResNets and ResNet-18, and a ViT."""
 
 from .mlp import MLPEncoder, mlp
+from .resnet import ResNetEncoder, resnet18
 from .vgg import VGG_CHANNELS, VGGEncoder
+from .vit import ViTEncoder, vit_tiny
 
-__all__ = ["MLPEncoder", "VGGEncoder", "VGG_CHANNELS", "mlp"]
+__all__ = ["MLPEncoder", "ResNetEncoder", "VGGEncoder", "VGG_CHANNELS", "ViTEncoder", "mlp", "resnet18", "vit_tiny"]
