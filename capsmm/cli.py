@@ -70,6 +70,19 @@ MULTIMODAL_FLAGS: dict[str, tuple[tuple[str, ...], Any, str]] = {
 }
 
 
+def config_parser(prog: str, description: str | None, schema: type, flags: dict[str, tuple[tuple[str, ...], Any, str]]) -> argparse.ArgumentParser:
+    """The parser of a training script: its flags, ``--config``/``--set``/``--seeds``/..., and every config key in ``--help``."""
+    parser = OneLineArgumentParser(prog=prog, description=description, epilog=config_epilog(schema),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, flags)
+    return parser
+
+
+def with_default_config(argv: Sequence[str], config: str | Path) -> list[str]:
+    """``argv``, or ``--config config`` plus ``argv`` when it chooses no run (control flags at most)."""
+    return list(argv) if not all(arg in CONTROL_FLAGS for arg in argv) else ["--config", str(config), *argv]
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, flags: dict[str, tuple[tuple[str, ...], Any, str]]) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML run config (may define a sweep of runs)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any config key, e.g. --set train.lr=1e-3 (repeatable)")

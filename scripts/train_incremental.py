@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from capsmm.cli import CONTROL_FLAGS, VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.cli import VISION_FLAGS, config_parser, guarded, runs_from_args, with_default_config
 from capsmm.incremental import IncrementalRunConfig, run_incremental
 from capsmm.reporting import comparison_report, record_of
 
@@ -31,18 +31,12 @@ COLUMNS = ["average_incremental_accuracy", "final_accuracy", "average_forgetting
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="train_incremental.py", description=__doc__, epilog=config_epilog(IncrementalRunConfig),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, FLAGS)
-    return parser
+    return config_parser("train_incremental.py", __doc__, IncrementalRunConfig, FLAGS)
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if all(arg in CONTROL_FLAGS for arg in argv):
-        argv = ["--config", str(QUICK), *argv]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_default_config(sys.argv[1:] if argv is None else argv, QUICK))
     results = [run_incremental(run, resume=args.resume, force=args.force) for run in runs_from_args(args, FLAGS, IncrementalRunConfig)]
     print(comparison_report([record_of(r) for r in results], columns=COLUMNS, metric="average_incremental_accuracy"))
     return 0

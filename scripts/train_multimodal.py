@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from capsmm.cli import MULTIMODAL_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.cli import MULTIMODAL_FLAGS, config_parser, guarded, runs_from_args
 from capsmm.config import MultimodalRunConfig
 from capsmm.distributed import is_main_process
 from capsmm.reporting import comparison_report, record_of
@@ -27,10 +27,7 @@ from capsmm.run_multimodal import train_multimodal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="train_multimodal.py", description=__doc__, epilog=config_epilog(MultimodalRunConfig),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, MULTIMODAL_FLAGS)
-    return parser
+    return config_parser("train_multimodal.py", __doc__, MultimodalRunConfig, MULTIMODAL_FLAGS)
 
 
 @guarded

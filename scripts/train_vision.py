@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from capsmm.cli import CONTROL_FLAGS, VISION_FLAGS, OneLineArgumentParser, add_config_arguments, config_epilog, guarded, runs_from_args
+from capsmm.cli import VISION_FLAGS, config_parser, guarded, runs_from_args, with_default_config
 from capsmm.config import RunConfig
 from capsmm.distributed import is_main_process
 from capsmm.reporting import comparison_report, record_of
@@ -21,22 +21,13 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.ya
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(
-        prog="train_vision.py",
-        description=__doc__,
-        epilog=config_epilog(RunConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser, VISION_FLAGS)
-    return parser
+    return config_parser("train_vision.py", __doc__, RunConfig, VISION_FLAGS)
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if all(arg in CONTROL_FLAGS for arg in argv):  # nothing chosen: the quickstart (rerun: its results; --resume, --force)
-        argv = ["--config", str(QUICKSTART), *argv]
-    args = build_parser().parse_args(argv)
+    # nothing chosen: the quickstart (rerun: its results; --resume, --force)
+    args = build_parser().parse_args(with_default_config(sys.argv[1:] if argv is None else argv, QUICKSTART))
     runs = runs_from_args(args, VISION_FLAGS, RunConfig)
     results = [train(run, resume=args.resume, force=args.force) for run in runs]
     if len(results) > 1 and is_main_process():

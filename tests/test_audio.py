@@ -7,7 +7,8 @@ import torch
 
 from capsmm.config import AudioDataConfig
 from capsmm.errors import DataError
-from modalities.audio import audio_cnn, fix_length, load_audio_dataset, read_wave
+from capsmm.encoder import ENCODERS
+from modalities.audio import fix_length, load_audio_dataset, read_wave
 
 
 def tone(freq, seconds, rate):
@@ -72,7 +73,7 @@ def test_audiofolder_any_rate(tmp_path):
 
 
 def test_audio_encoder_blocks_from_waveforms():
-    encoder = audio_cnn(in_shape=(8000,), width_mult=0.5)
+    encoder = ENCODERS.get("audio-cnn")(in_shape=(8000,), width_mult=0.5)
     shapes = encoder.block_shapes((8000,))
     assert [s[0] for s in shapes] == [8, 16, 32, 32]
     assert shapes[0][1:] == (20, 51)  # 40 mel bands x 101 frames, pooled 2x2

@@ -3,7 +3,6 @@ MFCC features (torchaudio), conv and residual encoders whose blocks emit CAP blo
 ``audiofolder`` data sets."""
 
 from .data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length, load_audio_dataset, read_wave
-from .encoder import AudioEncoder, AudioFrontEnd, audio_cnn, audio_resnet
+from .encoder import AudioEncoder, AudioFrontEnd
 
-__all__ = ["AUDIO_DATASETS", "AudioDataset", "AudioEncoder", "AudioFrontEnd", "AudioSet", "audio_cnn", "audio_resnet", "fix_length",
-           "load_audio_dataset", "read_wave"]
+__all__ = ["AUDIO_DATASETS", "AudioDataset", "AudioEncoder", "AudioFrontEnd", "AudioSet", "fix_length", "load_audio_dataset", "read_wave"]

@@ -8,7 +8,7 @@ normalised per batch or per utterance, SpecAugment masks in training) belongs to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -97,31 +97,30 @@ AUDIO_CHANNELS: list[int | str] = [16, POOL, 32, POOL, 64, POOL, 64, POOL]
 RESNET_CHANNELS = [32, 64, 128, 128]
 
 
-def _front_end(in_shape: Sequence[int], width_mult: float, **options: object) -> AudioFrontEnd:
-    if len(in_shape) != 1:
-        raise ConfigError(f"audio encoders read waveforms of shape (T,), got {tuple(in_shape)}")
-    if width_mult <= 0:
-        raise ConfigError(f"width_mult must be > 0, got {width_mult}")
-    return AudioFrontEnd(**options)  # type: ignore[arg-type]
+def _register(name: str, normalize: str, body: Callable[[float, float, str], list[nn.Module]], doc: str) -> None:
+    """Register an audio encoder: the front end's options (``normalize`` its default), then ``body``'s blocks."""
 
-
-@register_encoder("audio-cnn", modality="audio")
-def audio_cnn(*, in_shape: Sequence[int], sample_rate: int = 8000, n_mels: int = 40, width_mult: float = 1.0, dropout: float = 0.2,
-              features: str = "logmel", normalize: str = "batch", time_mask: int = 0, freq_mask: int = 0,
+    @register_encoder(name, modality="audio")
+    def build(*, in_shape: Sequence[int], sample_rate: int = 8000, n_mels: int = 40, width_mult: float = 1.0, dropout: float = 0.2,
+              features: str = "logmel", normalize: str = normalize, time_mask: int = 0, freq_mask: int = 0,
               activation: str = "relu") -> AudioEncoder:
-    """4 conv blocks (16, 32, 64, 64 channels x ``width_mult``) over spectrogram features of a (T,) waveform."""
-    front = _front_end(in_shape, width_mult, sample_rate=sample_rate, n_mels=n_mels, features=features, normalize=normalize,
-                       time_mask=time_mask, freq_mask=freq_mask)
-    return AudioEncoder(front, conv_blocks(1, AUDIO_CHANNELS, width_mult, dropout, activation))
+        if len(in_shape) != 1:
+            raise ConfigError(f"audio encoders read waveforms of shape (T,), got {tuple(in_shape)}")
+        if width_mult <= 0:
+            raise ConfigError(f"width_mult must be > 0, got {width_mult}")
+        front = AudioFrontEnd(sample_rate, n_mels, features, normalize, time_mask, freq_mask)
+        return AudioEncoder(front, body(width_mult, dropout, activation))
+
+    build.__name__ = build.__qualname__ = name.replace("-", "_")
+    build.__doc__ = doc
 
 
-@register_encoder("audio-resnet", modality="audio")
-def audio_resnet(*, in_shape: Sequence[int], sample_rate: int = 8000, n_mels: int = 40, width_mult: float = 1.0, dropout: float = 0.2,
-                 features: str = "logmel", normalize: str = "utterance", time_mask: int = 0, freq_mask: int = 0,
-                 activation: str = "relu") -> AudioEncoder:
-    """4 residual blocks (32, 64, 128, 128 channels x ``width_mult``, each pooling 2x2) over spectrogram features."""
-    front = _front_end(in_shape, width_mult, sample_rate=sample_rate, n_mels=n_mels, features=features, normalize=normalize,
-                       time_mask=time_mask, freq_mask=freq_mask)
+def _resnet_body(width_mult: float, dropout: float, nonlinearity: str) -> list[nn.Module]:
     widths = [max(1, round(c * width_mult)) for c in RESNET_CHANNELS]
-    blocks = [ResidualBlock(c_in, c_out, dropout, activation) for c_in, c_out in zip([1, *widths[:-1]], widths)]
-    return AudioEncoder(front, blocks)
+    return [ResidualBlock(c_in, c_out, dropout, nonlinearity) for c_in, c_out in zip([1, *widths[:-1]], widths)]
+
+
+_register("audio-cnn", "batch", lambda width_mult, dropout, nonlinearity: list(conv_blocks(1, AUDIO_CHANNELS, width_mult, dropout, nonlinearity)),
+          "4 conv blocks (16, 32, 64, 64 channels x ``width_mult``) over spectrogram features of a (T,) waveform.")
+_register("audio-resnet", "utterance", _resnet_body,
+          "4 residual blocks (32, 64, 128, 128 channels x ``width_mult``, each pooling 2x2) over spectrogram features.")
