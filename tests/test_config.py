@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,14 @@ def test_sweep_axis_lists_must_have_equal_length():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_resolves_and_validates(path):
-    # configs/multimodal_*.yaml are for train_multimodal.py, the others for train_vision.py
-    runs = build_runs(path, [], MultimodalRunConfig if path.name.startswith("multimodal") else RunConfig)
+    # each config names its script in its first comment lines; its sections say which schema it has
+    from capsmm.incremental import IncrementalRunConfig
+
+    text = path.read_text()
+    schema = (IncrementalRunConfig if "incremental:" in text else
+              MultimodalRunConfig if re.search(r"^(multimodal|audio|image):", text, re.M) else RunConfig)
+    assert {IncrementalRunConfig: "train_incremental.py", MultimodalRunConfig: "train_multimodal.py", RunConfig: "train_vision.py"}[schema] in text
+    runs = build_runs(path, [], schema)
     assert runs
     for run in runs:
         run.validate()
