@@ -151,6 +151,9 @@ class AudioDataConfig:
                                   check=in_range(-20, 100, open_high=False))
     speed: float = opt("training batches: each clip played faster or slower by up to this fraction (0 = off; 0.1 = 0.9x to 1.1x)", 0.0,
                        check=in_range(0, 0.5, open_high=False))
+    augment_p: float = opt("training batches: each waveform augmentation above applies to a clip with this probability (1 = to every "
+                           "clip; below 1 the model also hears clean clips, which noise with utterance normalisation needs)", 1.0,
+                           check=in_range(0, 1, open_high=False))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)

@@ -113,6 +113,26 @@ def test_gain_and_noise_stay_in_their_ranges():
     assert 9.0 < snr.min() and snr.max() < 31.0
 
 
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_augment_p_leaves_the_other_clips_untouched(p):
+    from modalities.audio.augment import waveform_augmentation
+
+    waves = torch.from_numpy(np.stack([tone(440, 0.25, 8000)] * 400))
+    noisy = waveform_augmentation(8000, noise_snr=10.0, p=p)(waves.clone(), torch.Generator().manual_seed(0))
+    changed = (noisy != waves).any(1).float().mean().item()
+    assert abs(changed - p) < 0.07  # 400 coins: 3 standard errors at p = 0.3
+    untouched = ~(noisy != waves).any(1)
+    assert torch.equal(noisy[untouched], waves[untouched])
+
+
+def test_augment_p_one_draws_what_the_plain_augmentation_draws():
+    from modalities.audio.augment import additive_noise, waveform_augmentation
+
+    waves = torch.from_numpy(np.stack([tone(440, 0.25, 8000)] * 20))
+    alone = additive_noise(waves, torch.Generator().manual_seed(3), 10.0)
+    torch.testing.assert_close(waveform_augmentation(8000, noise_snr=10.0, p=1.0)(waves, torch.Generator().manual_seed(3)), alone)
+
+
 def test_speed_scales_the_frequency():
     from modalities.audio.augment import speed
 

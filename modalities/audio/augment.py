@@ -48,8 +48,13 @@ def speed(waves: Tensor, generator: torch.Generator, max_change: float) -> Tenso
 
 
 def waveform_augmentation(sample_rate: int, shift: float = 0.0, gain_db: float = 0.0, noise_snr: float | None = None,
-                          speed_change: float = 0.0) -> Callable[[Tensor, torch.Generator], Tensor] | None:
-    """The augmentations asked for, in the order speed, shift, gain, noise; None when none is."""
+                          speed_change: float = 0.0, p: float = 1.0) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    """The augmentations asked for, in the order speed, shift, gain, noise, each applied to a clip with
+    probability ``p`` (drawn per clip and augmentation); None when none is asked for.
+
+    ``p`` < 1 matters most for noise: clean clips end in exact digital silence (zero padding), noisy
+    ones never do, and a model that only ever heard noisy clips reads clean ones badly. With ``p`` = 1
+    no coin is drawn, so the random stream is what it was before ``p`` existed."""
     steps: list[Callable[[Tensor, torch.Generator], Tensor]] = []
     if speed_change:
         steps.append(lambda w, g: speed(w, g, speed_change))
@@ -64,7 +69,11 @@ def waveform_augmentation(sample_rate: int, shift: float = 0.0, gain_db: float =
 
     def augment(waves: Tensor, generator: torch.Generator) -> Tensor:
         for step in steps:
-            waves = step(waves, generator)
+            changed = step(waves, generator)
+            if p < 1:
+                chosen = (torch.rand(len(waves), generator=generator) < p).to(waves.device)
+                changed = torch.where(chosen[:, None], changed, waves)
+            waves = changed
         return waves
 
     return augment

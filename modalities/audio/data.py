@@ -64,7 +64,8 @@ class AudioDataset:
     def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: the waveforms (the encoder computes its features), training
         batches augmented as ``config`` asks."""
-        augment = waveform_augmentation(config.sample_rate, config.shift, config.gain_db, config.noise_snr, config.speed)
+        augment = waveform_augmentation(config.sample_rate, config.shift, config.gain_db, config.noise_snr, config.speed,
+                                       config.augment_p)
         return ModalSplit(self.train.waves, self.train.labels, augment=augment), ModalSplit(self.test.waves, self.test.labels)
 
 
