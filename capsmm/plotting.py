@@ -140,8 +140,10 @@ def plot_block_accuracy(runs: Sequence[RunRecord], path: Path) -> Path:
 
 def plot_incremental(runs: Sequence[RunRecord], path: Path) -> Path:
     """Class-incremental runs: accuracy on every class seen so far after each task, mean ± std over seeds."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for index, (label, members) in enumerate(_with_results(runs, "seen_accuracy")):
+    selected = _with_results(runs, "seen_accuracy")
+    # the legend goes under the axes: a study has many methods, and their curves fill the whole plot
+    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.2 * len(selected)))
+    for index, (label, members) in enumerate(selected):
         curves = [run.value("seen_accuracy") for run in members]
         tasks = list(range(1, max(map(len, curves)) + 1))
         by_task = [[c[t - 1] for c in curves if len(c) >= t] for t in tasks]
@@ -154,7 +156,7 @@ def plot_incremental(runs: Sequence[RunRecord], path: Path) -> Path:
     ax.set(xlabel="task", ylabel="accuracy on the classes seen (%)", title="Class-incremental learning (band: ± std over seeds)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    return _finish(fig, path)
+    return _finish(fig, path, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
 
 
 def _with_results(runs: Sequence[RunRecord], key: str) -> list[Cell]:
