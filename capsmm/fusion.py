@@ -19,7 +19,8 @@ above it; a sample whose most typical modality is below that bar has every gate 
 that modality counts in full. Typicality needs no label and no other modality, so gating keeps every property of the
 joint model: no shared parameters, no gradient between encoders (gates act at inference only;
 training optimises the ungated joint loss), any subset of modalities at inference, and added
-modalities leave the old ones' predictions unchanged.
+modalities leave the old ones' predictions unchanged. A modality whose input is constant (a blank
+image, digital silence) has its gate shut outright (:func:`constant_samples`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ from torch import Tensor, nn
 OPEN_QUANTILE = 0.05
 #: bounds that keep an uncalibrated gate open whatever the typicality
 NEVER = (-1e9, -1e9 + 1)
+#: the typicality of a sample whose input is constant: below any threshold, the uncalibrated ones (NEVER) too
+CONSTANT_INPUT = -1e12
+
+
+def constant_samples(inputs: Any) -> dict[str, Tensor]:
+    """Per modality of a multimodal batch, (B,) True where a sample's input holds one value throughout
+    (a blank image, digital silence). Such an input carries no information, whatever pattern the
+    encoder makes of it, and its typicality alone cannot tell: a black Fashion-MNIST image reads as
+    typical as a real one. Its gate is shut (:data:`CONSTANT_INPUT`)."""
+    if not isinstance(inputs, Mapping) or len(inputs) < 2:
+        return {}
+    return {name: x.flatten(1).amax(1) == x.flatten(1).amin(1) for name, x in inputs.items()}
 
 
 def modality_terms(head: Any, patterns: Sequence[Tensor], slices: Sequence[int], groups: Sequence[Sequence[int]]

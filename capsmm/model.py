@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
 from .errors import ConfigError
-from .fusion import ModalityGate, gated_cosine, modality_terms
+from .fusion import CONSTANT_INPUT, ModalityGate, constant_samples, gated_cosine, modality_terms
 from .modes import CAP_FAMILIES, DETACHED_MODES, check_mode, mode_spec, same_family
 from .peers import PeerReadout
 from .prototypes import PrototypeHead
@@ -288,15 +288,16 @@ class CAPModel(nn.Module):
                         pattern = readouts[index](encoder.to_channels_first(activation))
                 yield BlockPass(name, index, block_input, activation, pattern, slices.get(index))
 
-    def score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
+    def score(self, patterns: Sequence[Tensor], slices: Sequence[int], constant: Mapping[str, Tensor] | None = None) -> CAPOutput:
         """Head scores of ``patterns`` filling prototype ``slices``: global, or per block in ``local``;
         for a layer-local peer, the patterns taken apart and the last block's prediction. Classes
         outside :attr:`class_mask` score -inf.
 
         The head runs under the model's autocast; logits of a lower-precision autocast come back in
-        float32, so the loss is computed in full precision whatever the autocast dtype.
+        float32, so the loss is computed in full precision whatever the autocast dtype. ``constant``:
+        per modality, (B,) True where the sample's input is constant (:func:`capsmm.fusion.constant_samples`).
         """
-        output = self._score(patterns, slices)
+        output = self._score(patterns, slices, constant or {})
         if self.class_mask is None:
             return output
         hidden = ~self.class_mask.to(output.logits.device)
@@ -304,7 +305,7 @@ class CAPModel(nn.Module):
         return output._replace(logits=mask(output.logits),
                                block_logits=None if output.block_logits is None else [mask(b) for b in output.block_logits])
 
-    def _score(self, patterns: Sequence[Tensor], slices: Sequence[int]) -> CAPOutput:
+    def _score(self, patterns: Sequence[Tensor], slices: Sequence[int], constant: Mapping[str, Tensor]) -> CAPOutput:
         upcast = (lambda t: t.float()) if self.amp != "none" else (lambda t: t)
         if self.head is None:
             readouts = [r for name in self.encoders for r in self.readouts[name]]
@@ -325,6 +326,9 @@ class CAPModel(nn.Module):
             return CAPOutput(logits, list(patterns))
         groups = [[i for i, s in enumerate(slices) if owner[s] == n] for n in names]
         typical = torch.stack([self.gate.typicality(n, torch.cat([patterns[i] for i in g], dim=1)) for n, g in zip(names, groups)])
+        for row, name in enumerate(names):
+            if name in constant:
+                typical[row] = typical[row].masked_fill(constant[name].to(typical.device), CONSTANT_INPUT)
         if self.gated and not self.training:
             terms = modality_terms(self.head, patterns, slices, groups)
             logits = gated_cosine(*terms, self.gate.gates(names, typical), self.head.temperature)
@@ -332,7 +336,7 @@ class CAPModel(nn.Module):
 
     def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> CAPOutput:
         read = [(p.pattern, p.slice) for p in self.iter_blocks(inputs) if p.pattern is not None]
-        return self.score([p for p, _ in read], [s for _, s in read])
+        return self.score([p for p, _ in read], [s for _, s in read], constant_samples(inputs))
 
 
 def build_model(

@@ -224,6 +224,19 @@ def test_the_gated_score_is_the_joint_one_when_open_and_the_other_modality_alone
     torch.testing.assert_close(gated[~shut], ungated[~shut], rtol=1e-5, atol=1e-5)
 
 
+def test_a_constant_input_shuts_its_gate_however_typical_its_pattern():
+    model = joint("caps").eval()
+    model.gated = True  # uncalibrated: on typicality alone every gate stays open
+    inputs, _ = batch()
+    blank = {"image": torch.full_like(inputs["image"], -0.8), "audio": inputs["audio"]}
+    blank["image"][:2] = inputs["image"][:2]  # two samples keep a real image
+    with torch.no_grad():
+        joint_scores, audio_alone, both = model(blank).logits, model({"audio": inputs["audio"]}).logits, model(inputs).logits
+    torch.testing.assert_close(joint_scores[2:], audio_alone[2:])  # the blank image no longer counts
+    torch.testing.assert_close(joint_scores[:2], both[:2])  # a real one still does
+    assert not torch.allclose(both[2:], audio_alone[2:])  # (and it would have changed the scores)
+
+
 def test_a_corrupted_modality_leaves_the_joint_prediction_to_the_clean_one(tmp_path):
     train, test = paired_parts()
     results = fit_multimodal(joint("caps"), train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
