@@ -149,7 +149,11 @@ def plot_incremental(runs: Sequence[RunRecord], path: Path) -> Path:
         by_task = [[c[t - 1] for c in curves if len(c) >= t] for t in tasks]
         mean = [100 * statistics.fmean(v) for v in by_task]
         std = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_task]
-        ax.plot(tasks, mean, "o-", color=f"C{index}", markersize=4, label=f"{label} (n={len(members)})" if len(members) > 1 else label)
+        name = f"{label} (n={len(members)})" if len(members) > 1 else label
+        if len(tasks) == 1:  # joint training, every class in one task: the upper bound, a line across the tasks
+            ax.axhline(mean[0], color=f"C{index}", linestyle="--", linewidth=1, label=name)
+            continue
+        ax.plot(tasks, mean, "o-", color=f"C{index}", markersize=4, label=name)
         if len(members) > 1:
             ax.fill_between(tasks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], color=f"C{index}", alpha=0.15,
                             linewidth=0)
