@@ -77,12 +77,28 @@ def _epochs(members: Sequence[RunRecord]) -> str:
     return "/".join(map(str, epochs)) or "-"
 
 
+def companions(runs: Sequence[RunRecord], key: str, pooled: Sequence[str] = ()) -> list[str]:
+    """The varying keys whose value follows from ``key``'s in every run: set together with it (a
+    zipped sweep axis, such as a method's own activation), they are part of what is compared."""
+    values: dict[str, dict[str, set[str]]] = {}
+    for run in runs:
+        for other in varying_keys(runs, pooled):
+            values.setdefault(other, {}).setdefault(json.dumps(run.config.get(key)), set()).add(json.dumps(run.config.get(other)))
+    return [other for other, by_value in values.items() if other != key and all(len(v) == 1 for v in by_value.values())]
+
+
+def _cell_keys(runs: Sequence[RunRecord], key: str, pooled: Sequence[str]) -> list[str]:
+    """The keys a paired comparison of ``key`` holds fixed: every varying key but it and its companions."""
+    return [k for k in varying_keys(runs, pooled) if k != key and k not in companions(runs, key, pooled)]
+
+
 def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error",
                        pooled: Sequence[str] = ()) -> list[dict[str, Any]]:
     """For every cell of ``key = first``, its twin with ``key = second`` (same values of every other
-    varying key): ``metric(first) - metric(second)`` per replicate both have (seed, and the values of
-    the ``pooled`` keys), with mean, std, n and the 95% confidence interval of the mean (Student's t)."""
-    keys = [k for k in varying_keys(runs, pooled) if k != key]
+    varying key but ``key``'s :func:`companions`): ``metric(first) - metric(second)`` per replicate
+    both have (seed, and the values of the ``pooled`` keys), with mean, std, n and the 95% confidence
+    interval of the mean (Student's t)."""
+    keys = _cell_keys(runs, key, pooled)
     by_value: dict[str, dict[tuple[Any, ...], dict[str, float]]] = {}
     for run in runs:
         value = run.value(metric)
@@ -110,7 +126,7 @@ def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, m
                  pooled: Sequence[str] = ()) -> str:
     """:func:`paired_differences` as markdown, in percentage points."""
     comparisons = paired_differences(runs, key, first, second, metric, pooled)
-    keys = [k for k in varying_keys(runs, pooled) if k != key]
+    keys = _cell_keys(runs, key, pooled)
     name = short_key(key, [key, *keys])
     head = [short_key(k, keys) for k in keys] + [f"{metric}: {name}={shown(first)} − {name}={shown(second)} (pp)", "n (pairs)",
                                                  "95% CI (pp)"]
@@ -122,6 +138,11 @@ def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, m
         lines.append("| " + " | ".join(row) + " |")
     if not comparisons:
         lines.append("| " + " | ".join(["(no runs of both on the same replicates)"] + [""] * (len(head) - 1)) + " |")
+    follows = {k: [next(r.config.get(k) for r in runs if r.config.get(key) == v) for v in (first, second)]
+               for k in companions(runs, key, pooled)}
+    differing = [f"{k} {shown(a)} vs {shown(b)}" for k, (a, b) in follows.items() if a != b]
+    if differing:
+        lines.append(f"\nThe pairs also differ in what is set together with {key}: {'; '.join(differing)}.")
     return "\n".join(lines)
 
 

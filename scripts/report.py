@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding run folders at any depth")
     parser.add_argument("--compare", action="append", default=[], metavar="KEY=A,B",
-                        help="paired difference A - B of the test error on the same seeds (KEY=A: A against every other value)")
+                        help="paired difference A - B of the test error on the same seeds (KEY=A: A against every other value); "
+                             "keys set together with KEY in every run (a zipped sweep axis) go with it, and the table names them")
     parser.add_argument("--pool", action="append", default=[], metavar="KEY",
                         help="treat KEY like the seed: one row over its values, pairs matched on them (e.g. audio.test_speakers "
                              "for leave-one-speaker-out folds)")

@@ -53,6 +53,28 @@ def test_pooled_folds_make_one_row_and_pair_on_fold_and_seed():
     assert pair["replicates"] == [[0, ["ann"]], [0, ["bob"]]] and pair["differences"] == pytest.approx([0.05, 0.05])
 
 
+def test_a_key_set_together_with_the_compared_one_travels_with_it():
+    """A sweep that zips each mode with its own activation (the peers' recipes): the pairs are
+    caps against predsim on the same seed, and that table (not caps against bp) says that they
+    differ in activation too."""
+    runs = []
+    for mode, activation, errors in (("caps", "relu", [0.15, 0.16, 0.14]), ("local-predsim", "leakyrelu", [0.17, 0.15, 0.16]),
+                                     ("bp", "relu", [0.14, 0.15, 0.13])):
+        for seed, error in enumerate(errors):
+            run = fake(mode, seed, error)
+            run.config["model.activation"] = activation
+            runs.append(run)
+    [pair] = paired_differences(runs, "train.mode", "caps", "local-predsim")
+    assert pair["cell"] == {} and pair["differences"] == pytest.approx([-0.02, 0.01, -0.02])
+    report = comparison_report(runs, ["train.mode=caps"])
+    assert report.count("The pairs also differ in what is set together with train.mode: model.activation relu vs leakyrelu.") == 1
+    assert "(no runs of both" not in report
+    crossed = runs + [fake("caps", seed, 0.3) for seed in range(3)]  # caps also with the default activation: not set together
+    for run in crossed[-3:]:
+        run.config["model.activation"] = "gelu"
+    assert paired_differences(crossed, "train.mode", "caps", "local-predsim") == []
+
+
 def test_rows_name_what_differs_joint_and_late_fusion_apart():
     runs = [fake("caps", 0, 0.2, fusion="joint"), fake("caps", 0, 0.3, fusion="late")]
     table = summary_table(runs)
