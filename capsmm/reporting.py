@@ -81,15 +81,17 @@ def companions(runs: Sequence[RunRecord], key: str, pooled: Sequence[str] = ()) 
     """The varying keys whose value follows from ``key``'s in every run: set together with it (a
     zipped sweep axis, such as a method's own activation), they are part of what is compared."""
     values: dict[str, dict[str, set[str]]] = {}
+    varying = varying_keys(runs, pooled)
     for run in runs:
-        for other in varying_keys(runs, pooled):
+        for other in varying:
             values.setdefault(other, {}).setdefault(json.dumps(run.config.get(key)), set()).add(json.dumps(run.config.get(other)))
     return [other for other, by_value in values.items() if other != key and all(len(v) == 1 for v in by_value.values())]
 
 
 def _cell_keys(runs: Sequence[RunRecord], key: str, pooled: Sequence[str]) -> list[str]:
     """The keys a paired comparison of ``key`` holds fixed: every varying key but it and its companions."""
-    return [k for k in varying_keys(runs, pooled) if k != key and k not in companions(runs, key, pooled)]
+    travelling = companions(runs, key, pooled)
+    return [k for k in varying_keys(runs, pooled) if k != key and k not in travelling]
 
 
 def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error",
