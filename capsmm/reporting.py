@@ -167,11 +167,17 @@ def parse_comparison(text: str, runs: Sequence[RunRecord]) -> list[tuple[str, An
 def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = (), pooled: Sequence[str] = (),
                       metric: str = "test_error", columns: Sequence[str] | None = None) -> str:
     """The summary table, then the paired comparisons asked for; with none asked and several
-    replicates per cell, every value of each varying key against its first value."""
+    replicates per cell, every value of each varying key against its first value (a key that only
+    follows another, one of its :func:`companions`, is compared with it, not alone)."""
     parts = [summary_table(runs, pooled, columns)]
     pairs = [pair for text in comparisons for pair in parse_comparison(text, runs)]
     if not pairs and any(len(members) > 1 for members in cells(runs, varying_keys(runs, pooled)).values()):
-        for key in varying_keys(runs, pooled):
+        varying = varying_keys(runs, pooled)
+        follows = {key: set(companions(runs, key, pooled)) for key in varying}
+        # a key is compared alone unless it follows another (of two that follow each other, the first leads)
+        leading = [k for i, k in enumerate(varying) if not any(k in follows[o] and (o not in follows[k] or varying.index(o) < i)
+                                                               for o in varying if o != k)]
+        for key in leading:
             values = list(dict.fromkeys(json.dumps(run.config.get(key)) for run in runs))
             pairs += [(key, json.loads(v), json.loads(values[0])) for v in values[1:]]
     for key, first, second in pairs:

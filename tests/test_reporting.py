@@ -69,6 +69,8 @@ def test_a_key_set_together_with_the_compared_one_travels_with_it():
     report = comparison_report(runs, ["train.mode=caps"])
     assert report.count("The pairs also differ in what is set together with train.mode: model.activation relu vs leakyrelu.") == 1
     assert "(no runs of both" not in report
+    unasked = comparison_report(runs)  # every mode against the first, none of activation alone
+    assert "mode=local-predsim − mode=caps" in unasked and "activation=" not in unasked and "(no runs of both" not in unasked
     crossed = runs + [fake("caps", seed, 0.3) for seed in range(3)]  # caps also with the default activation: not set together
     for run in crossed[-3:]:
         run.config["model.activation"] = "gelu"
