@@ -88,9 +88,8 @@ def companions(runs: Sequence[RunRecord], key: str, pooled: Sequence[str] = ()) 
     return [other for other, by_value in values.items() if other != key and all(len(v) == 1 for v in by_value.values())]
 
 
-def _cell_keys(runs: Sequence[RunRecord], key: str, pooled: Sequence[str]) -> list[str]:
-    """The keys a paired comparison of ``key`` holds fixed: every varying key but it and its companions."""
-    travelling = companions(runs, key, pooled)
+def _cell_keys(runs: Sequence[RunRecord], key: str, travelling: Sequence[str], pooled: Sequence[str]) -> list[str]:
+    """The keys a paired comparison of ``key`` holds fixed: every varying key but it and its companions (``travelling``)."""
     return [k for k in varying_keys(runs, pooled) if k != key and k not in travelling]
 
 
@@ -100,7 +99,12 @@ def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: 
     varying key but ``key``'s :func:`companions`): ``metric(first) - metric(second)`` per replicate
     both have (seed, and the values of the ``pooled`` keys), with mean, std, n and the 95% confidence
     interval of the mean (Student's t)."""
-    keys = _cell_keys(runs, key, pooled)
+    return _paired(runs, key, first, second, metric, pooled, _cell_keys(runs, key, companions(runs, key, pooled), pooled))
+
+
+def _paired(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str, pooled: Sequence[str],
+            keys: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`paired_differences` within the cells that ``keys`` make."""
     by_value: dict[str, dict[tuple[Any, ...], dict[str, float]]] = {}
     for run in runs:
         value = run.value(metric)
@@ -127,8 +131,9 @@ def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: 
 def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str = "test_error",
                  pooled: Sequence[str] = ()) -> str:
     """:func:`paired_differences` as markdown, in percentage points."""
-    comparisons = paired_differences(runs, key, first, second, metric, pooled)
-    keys = _cell_keys(runs, key, pooled)
+    travelling = companions(runs, key, pooled)
+    keys = _cell_keys(runs, key, travelling, pooled)
+    comparisons = _paired(runs, key, first, second, metric, pooled, keys)
     name = short_key(key, [key, *keys])
     head = [short_key(k, keys) for k in keys] + [f"{metric}: {name}={shown(first)} − {name}={shown(second)} (pp)", "n (pairs)",
                                                  "95% CI (pp)"]
@@ -141,7 +146,7 @@ def paired_table(runs: Sequence[RunRecord], key: str, first: Any, second: Any, m
     if not comparisons:
         lines.append("| " + " | ".join(["(no runs of both on the same replicates)"] + [""] * (len(head) - 1)) + " |")
     follows = {k: [next(r.config.get(k) for r in runs if r.config.get(key) == v) for v in (first, second)]
-               for k in companions(runs, key, pooled)}
+               for k in travelling}
     differing = [f"{k} {shown(a)} vs {shown(b)}" for k, (a, b) in follows.items() if a != b]
     if differing:
         lines.append(f"\nThe pairs also differ in what is set together with {key}: {'; '.join(differing)}.")
@@ -175,8 +180,8 @@ def comparison_report(runs: Sequence[RunRecord], comparisons: Sequence[str] = ()
         varying = varying_keys(runs, pooled)
         follows = {key: set(companions(runs, key, pooled)) for key in varying}
         # a key is compared alone unless it follows another (of two that follow each other, the first leads)
-        leading = [k for i, k in enumerate(varying) if not any(k in follows[o] and (o not in follows[k] or varying.index(o) < i)
-                                                               for o in varying if o != k)]
+        leading = [k for i, k in enumerate(varying) if not any(k in follows[o] and (o not in follows[k] or j < i)
+                                                               for j, o in enumerate(varying) if o != k)]
         for key in leading:
             values = list(dict.fromkeys(json.dumps(run.config.get(key)) for run in runs))
             pairs += [(key, json.loads(v), json.loads(values[0])) for v in values[1:]]
