@@ -46,7 +46,7 @@ def constant_samples(inputs: Any) -> dict[str, Tensor]:
     typical as a real one. Its gate is shut (:data:`CONSTANT_INPUT`)."""
     if not isinstance(inputs, Mapping) or len(inputs) < 2:
         return {}
-    return {name: x.flatten(1).amax(1) == x.flatten(1).amin(1) for name, x in inputs.items()}
+    return {name: torch.eq(*torch.aminmax(x.flatten(1), dim=1)) for name, x in inputs.items()}
 
 
 def modality_terms(head: Any, patterns: Sequence[Tensor], slices: Sequence[int], groups: Sequence[Sequence[int]]
