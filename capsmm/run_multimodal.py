@@ -1,4 +1,4 @@
-"""One image + audio run from a :class:`~capsmm.config.MultimodalRunConfig`."""
+"""One multimodal run (image + audio, or any registered modalities) from a multimodal run config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import MultimodalRunConfig
+from .config import MODALITY_SECTIONS, MultimodalRun, multimodal_schema
 from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
@@ -18,7 +18,7 @@ from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_mul
 from .run import describe_parameters, launched, seeded_model
 
 
-def load_modalities(config: MultimodalRunConfig) -> dict[str, tuple[ModalSplit, ModalSplit, tuple[int, ...], list[str]]]:
+def load_modalities(config: MultimodalRun) -> dict[str, tuple[ModalSplit, ModalSplit, tuple[int, ...], list[str]]]:
     """modality -> (train split, test split, input shape, class names) for the modalities of the run."""
     parts = {}
     for modality in config.multimodal.modalities:
@@ -32,26 +32,27 @@ def load_modalities(config: MultimodalRunConfig) -> dict[str, tuple[ModalSplit, 
     return parts
 
 
-def encoder_specs(config: MultimodalRunConfig, in_shapes: dict[str, tuple[int, ...]], modalities: list[str]) -> dict[str, EncoderSpec]:
+def encoder_specs(config: MultimodalRun, in_shapes: dict[str, tuple[int, ...]], modalities: list[str]) -> dict[str, EncoderSpec]:
     specs = {}
     for name in modalities:
         section = getattr(config, f"{name}_model")
         options = section.encoder_options()
-        if name == "audio" and "sample_rate" in encoder_options(section.backbone):
-            options["sample_rate"] = config.audio.sample_rate
+        data = getattr(config, name)
+        taken = encoder_options(section.backbone)
+        options.update({key: getattr(data, key) for key in MODALITY_SECTIONS.get(name).encoder_data_keys if key in taken})
         specs[name] = EncoderSpec(section.backbone, in_shapes[name], options)
     return specs
 
 
-def extend_trained_model(config: MultimodalRunConfig, specs: dict[str, EncoderSpec], num_classes: int) -> tuple[CAPModel, list[str]]:
+def extend_trained_model(config: MultimodalRun, specs: dict[str, EncoderSpec], num_classes: int) -> tuple[CAPModel, list[str]]:
     """Load the joint model of ``multimodal.extend_from``, freeze it, and append the modalities it lacks.
 
     The encoders and head of the trained modalities are rebuilt from that run's own config.
     """
 
     def build(saved: dict[str, Any]) -> CAPModel:
-        old = MultimodalRunConfig()
-        for section in ("image_model", "audio_model", "model"):
+        old = multimodal_schema()()
+        for section in [*(f"{m}_model" for m in MODALITY_SECTIONS.names()), "model"]:
             for key, value in saved.get(section, {}).items():
                 setattr(getattr(old, section), key, value)
         old_modalities = saved.get("multimodal", {}).get("modalities", [])
@@ -75,7 +76,7 @@ def extend_trained_model(config: MultimodalRunConfig, specs: dict[str, EncoderSp
     return model, old_modalities
 
 
-def train_multimodal(config: MultimodalRunConfig, *, resume: bool = False, force: bool = False,
+def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate, load and pair the data, build the fusion model (or extend a trained one), train.
 
@@ -119,7 +120,7 @@ def _describe(model: nn.Module) -> str:
     return f"params {sum(p.numel() for p in model.parameters()):,}"
 
 
-def _frozen_check(model: CAPModel, old: list[str], test_parts: dict[str, ModalSplit], config: MultimodalRunConfig,
+def _frozen_check(model: CAPModel, old: list[str], test_parts: dict[str, ModalSplit], config: MultimodalRun,
                   device: torch.device) -> Callable[[nn.Module], dict[str, Any]]:
     """Records the frozen modalities' test predictions now; after training, reports whether they are bit-identical."""
 

@@ -21,7 +21,7 @@ import time
 import torch
 
 from capsmm.cli import OneLineArgumentParser, guarded
-from capsmm.config import MultimodalRunConfig, build_runs, parse_assignment
+from capsmm.config import MultimodalRun, build_runs, multimodal_schema, parse_assignment
 from capsmm.data import BatchLoader, load_dataset
 from capsmm.multimodal import build_fusion_model
 from capsmm.run_multimodal import encoder_specs
@@ -31,7 +31,7 @@ from modalities.audio import AudioDataset
 BASE = ["multimodal.modalities=[audio]", "multimodal.anchor=audio", "train.progress=false", "train.device=cpu"]
 
 
-def epoch_seconds(config: MultimodalRunConfig, data: AudioDataset, augment_only: bool) -> float:
+def epoch_seconds(config: MultimodalRun, data: AudioDataset, augment_only: bool) -> float:
     """One epoch of ``config``'s audio training on ``data`` (or only its batches, augmented: ``augment_only``)."""
     train, _ = data.modal_splits(config.audio)
     loader = BatchLoader(train, config.train.batch_size, shuffle=True, seed=0)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     settings = {"old default": [], "asked": [parse_assignment(text) for text in args.set]}
-    configs = {name: build_runs(None, [*BASE, *overrides], MultimodalRunConfig)[0].validate() for name, overrides in settings.items()}
+    configs = {name: build_runs(None, [*BASE, *overrides], multimodal_schema())[0].validate() for name, overrides in settings.items()}
     data = {name: load_dataset("audio", config.audio) for name, config in configs.items()}  # read once, outside the timings
     times: dict[str, dict[str, list[float]]] = {name: {"epoch": [], "batches": []} for name in configs}
     for _ in range(args.repeats):

@@ -20,20 +20,20 @@ import argparse
 import sys
 
 from capsmm.cli import MULTIMODAL_FLAGS, config_parser, guarded, runs_from_args
-from capsmm.config import MultimodalRunConfig
+from capsmm.config import multimodal_schema
 from capsmm.distributed import is_main_process
 from capsmm.reporting import comparison_report, record_of
 from capsmm.run_multimodal import train_multimodal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return config_parser("train_multimodal.py", __doc__, MultimodalRunConfig, MULTIMODAL_FLAGS)
+    return config_parser("train_multimodal.py", __doc__, multimodal_schema(), MULTIMODAL_FLAGS)
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    runs = runs_from_args(args, MULTIMODAL_FLAGS, MultimodalRunConfig)
+    runs = runs_from_args(args, MULTIMODAL_FLAGS, multimodal_schema())
     results = [train_multimodal(run, resume=args.resume, force=args.force) for run in runs]
     if not is_main_process():
         return 0

@@ -5,7 +5,7 @@ import pytest
 import soundfile
 import torch
 
-from capsmm.config import AudioDataConfig
+from modalities.audio import AudioDataConfig
 from capsmm.errors import DataError
 from capsmm.encoder import ENCODERS
 from modalities.audio import fix_length, load_audio_dataset, read_wave

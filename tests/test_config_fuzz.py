@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capsmm.config import MultimodalRunConfig, RunConfig, build_runs, parse_assignment, set_value, valid_keys
-from capsmm.data import AUDIO_DATASETS, DATASETS
+from capsmm.data import DATASETS
+from modalities.audio import AUDIO_DATASETS
 from capsmm.encoder import ENCODERS
 from capsmm.errors import ConfigError
 

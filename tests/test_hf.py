@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
 from capsmm import CAPModel, training_loss  # noqa: E402
-from capsmm.config import AudioDataConfig, DataConfig  # noqa: E402
+from capsmm.config import DataConfig  # noqa: E402
+from modalities.audio import AudioDataConfig  # noqa: E402
 from capsmm.data import load_image_dataset  # noqa: E402
 from capsmm.encoder import build_encoder  # noqa: E402
 from capsmm.errors import DataError  # noqa: E402

@@ -5,10 +5,12 @@ capsmm loads it once through torchvision and then slices batches from tensors, o
 training there: no per-sample Python transforms and no DataLoader workers in the hot loop.
 """
 
-from .base import AUDIO_DATASETS, DATASETS, DATASETS_BY_MODALITY, ImageDataset, ImageSet, load_dataset, load_image_dataset, resolve_data_root, stratified_indices
+from .base import ImageSet, resolve_data_root, stratified_indices
+from .datasets import (DATASETS, DATASETS_BY_MODALITY, DataSection, ImageDataSection, ImageDataset, dataset_registry, load_dataset,
+                       load_image_dataset)
 from .batches import BatchLoader, ModalSplit, Normalize, image_split, random_crop_flip, same_class_partners
 
 __all__ = [
-    "AUDIO_DATASETS", "DATASETS", "DATASETS_BY_MODALITY", "BatchLoader", "ImageDataset", "ImageSet", "ModalSplit", "Normalize",
+    "DATASETS", "DATASETS_BY_MODALITY", "DataSection", "ImageDataSection", "dataset_registry", "BatchLoader", "ImageDataset", "ImageSet", "ModalSplit", "Normalize",
     "image_split", "load_dataset", "load_image_dataset", "stratified_indices", "random_crop_flip", "resolve_data_root", "same_class_partners",
 ]

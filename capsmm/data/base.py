@@ -1,22 +1,14 @@
-"""In-memory image splits, the data-set registry and the data-root convention."""
+"""In-memory image splits, stratified subsets and the data-root convention."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ..config import DataConfig
-from ..errors import DataError
-from ..registry import Registry
-
-if TYPE_CHECKING:
-    from .batches import ModalSplit
 
 #: environment variable naming the data root (the ``--data-root`` flag wins over it)
 DATA_ROOT_ENV = "CAPSMM_DATA"
@@ -82,61 +74,3 @@ class ImageSet:
         """``n`` samples stratified by class (:func:`stratified_indices`; all when ``n`` is None)."""
         index = stratified_indices(self.labels, n)
         return ImageSet(self.images[index], self.labels[index])
-
-
-@dataclass
-class ImageDataset:
-    """Train and test splits with the metadata a model needs."""
-
-    name: str
-    train: ImageSet
-    test: ImageSet
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
-
-    def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units (for normalisation)."""
-        pixels = self.train.images.transpose(0, 1).reshape(self.train.images.shape[1], -1).float() / 255
-        return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
-
-    def subset(self, train: int | None, test: int | None) -> "ImageDataset":
-        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
-
-    def modal_splits(self, config: DataConfig) -> tuple["ModalSplit", "ModalSplit"]:
-        """(train, test) as model inputs: standardised with the training set's channel statistics,
-        training batches augmented when ``config.augment``."""
-        from .batches import image_split
-
-        mean, std = self.channel_stats()
-        return image_split(self.train, mean, std, config.augment, config.crop_padding, config.cutout), image_split(self.test, mean, std)
-
-
-DatasetLoader = Callable[[DataConfig, Path], ImageDataset]
-
-#: image data-set name -> ``loader(config, data_root) -> ImageDataset``
-DATASETS: Registry[DatasetLoader] = Registry("dataset", builtin_modules=("capsmm.data.vision",))
-#: audio data-set name -> ``loader(config, data_root)`` -> a data set like :class:`ImageDataset` (``train``,
-#: ``test``, ``classes``, ``in_shape``, ``subset``, ``modal_splits``); ``modalities.audio`` registers its sets here
-AUDIO_DATASETS: Registry[Callable[[Any, Path], Any]] = Registry("audio dataset")
-#: modality -> the registry of its data sets (the data sections of a multimodal config)
-DATASETS_BY_MODALITY: dict[str, Registry[Any]] = {"image": DATASETS, "audio": AUDIO_DATASETS}
-
-
-def load_dataset(modality: str, config: Any) -> Any:
-    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked for."""
-    dataset = DATASETS_BY_MODALITY[modality].get(config.name)(config, resolve_data_root(config.root))
-    if len(dataset.train) == 0 or len(dataset.test) == 0:
-        raise DataError(f"{modality} data set '{config.name}' has an empty train or test split")
-    return dataset.subset(config.train_subset, config.test_subset)
-
-
-def load_image_dataset(config: DataConfig) -> ImageDataset:
-    """Load an image data set (see :func:`load_dataset`)."""
-    return load_dataset("image", config)

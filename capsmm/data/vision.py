@@ -10,14 +10,14 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from ..config import DataConfig
 from ..errors import DataError
-from .base import DATASETS, ImageDataset, ImageSet
+from .base import ImageSet
+from .datasets import DATASETS, ImageDataSection, ImageDataset
 from .integrity import VerifiedOnce
 
 
 @DATASETS.register("digits")
-def load_digits(config: DataConfig, root: Path) -> ImageDataset:
+def load_digits(config: ImageDataSection, root: Path) -> ImageDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images): needs no download, so it is the quickstart set.
 
     Split: a fixed stratified 80/20 split (``random_state=0``): 1,437 train, 360 test.
@@ -70,7 +70,7 @@ def _torchvision_split(cls: type, folder: Path, train: bool, download: bool, nam
 
 def _register_torchvision(name: str, cls: type) -> None:
     @DATASETS.register(name)
-    def load(config: DataConfig, root: Path) -> ImageDataset:
+    def load(config: ImageDataSection, root: Path) -> ImageDataset:
         folder = root / "torchvision"
         train, classes = _torchvision_split(cls, folder, True, config.download, name)
         test, _ = _torchvision_split(cls, folder, False, config.download, name)
@@ -105,7 +105,7 @@ def _read_folder(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, l
 
 
 @DATASETS.register("imagefolder")
-def load_image_folder(config: DataConfig, root: Path) -> ImageDataset:
+def load_image_folder(config: ImageDataSection, root: Path) -> ImageDataset:
     """``<folder>/train/<class>/*`` and ``<folder>/test/<class>/*`` (torchvision ImageFolder layout).
 
     Images of any size are resized to ``image_size`` squared. The set is grayscale (1 channel)

@@ -19,18 +19,13 @@ the trainer runs it unchanged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from ..distributed import DistContext
 from ..errors import ConfigError
-from .base import LocalStrategy, Setup, StepOutput, Strategy, make_adam, prepare_inputs
+from .base import ADAM_IMPLS, LocalStrategy, Setup, StepOutput, Strategy, TrainSettings, make_adam, prepare_inputs
 from .registry import MEMORY, PARALLEL
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 
 def refusal(setup: Setup) -> str | None:
@@ -49,11 +44,11 @@ def check_setup(setup: Setup) -> None:
         raise ConfigError(reason)
 
 
-def build_strategy(model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext()) -> Strategy:
+def build_strategy(model: nn.Module, train: TrainSettings, device: torch.device, dist: DistContext = DistContext()) -> Strategy:
     """The strategy the ``train`` section asks for: the ``train.memory`` one in this process, wrapped
     by the ``train.parallel`` one when torchrun launched several ranks."""
     local = MEMORY.get(train.memory)(model.to(device), train, device, dist)
     return PARALLEL.get(train.parallel).wrap(local, dist) if dist.enabled else local
 
-__all__ = ["MEMORY", "PARALLEL", "LocalStrategy", "Setup", "StepOutput", "Strategy", "build_strategy", "check_setup",
+__all__ = ["ADAM_IMPLS", "MEMORY", "PARALLEL", "LocalStrategy", "Setup", "StepOutput", "Strategy", "TrainSettings", "build_strategy", "check_setup",
            "make_adam", "prepare_inputs", "refusal"]

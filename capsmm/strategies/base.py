@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -22,14 +22,31 @@ from ..distributed import DistContext
 from ..errors import ConfigError
 from ..metrics import PhaseTimer, phase_of
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
-
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
 #: devices whose fused Adam kernel ``auto`` picks
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 Inputs = Tensor | dict[str, Tensor]
+
+
+class TrainSettings(Protocol):
+    """What a strategy reads of a run's ``train`` section (:class:`capsmm.config.TrainConfig`). A
+    protocol, so that the strategies do not import the config package that validates against them."""
+
+    mode: str
+    memory: str
+    parallel: str
+    lr: float
+    weight_decay: float
+    adam_impl: str
+    amp: str
+    compile: bool
+    channels_last: bool
+    sync_batchnorm: bool
+    micro_batches: int
+    batch_size: int
+    lean_keep: int
+    device: str
 
 
 def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:
@@ -89,7 +106,7 @@ class Setup:
     """the run's device is CUDA"""
 
     @classmethod
-    def of(cls, train: "TrainConfig", **model: Any) -> "Setup":
+    def of(cls, train: TrainSettings, **model: Any) -> "Setup":
         from ..modes import ModeSchedule
         from ..distributed import world_size
 
@@ -120,7 +137,7 @@ class Strategy(ABC):
     #: whether this rank holds the whole model (diagnostics and per-modality evaluation need it)
     holds_model: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext(),
+    def __init__(self, model: nn.Module, train: TrainSettings, device: torch.device, dist: DistContext = DistContext(),
                  optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
         self.train_config = train
@@ -184,7 +201,7 @@ class LocalStrategy(Strategy):
     the backward and the optimiser step (data-parallel training averages gradients there).
     """
 
-    def __init__(self, model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext()) -> None:
+    def __init__(self, model: nn.Module, train: TrainSettings, device: torch.device, dist: DistContext = DistContext()) -> None:
         super().__init__(model, train, device, dist)
         self.after_backward: list[Callable[[], None]] = []
 

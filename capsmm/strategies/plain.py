@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..distributed import DistContext
 from ..objectives import training_loss
-from .base import Inputs, LocalStrategy, Setup
+from .base import Inputs, LocalStrategy, Setup, TrainSettings
 from .registry import MEMORY
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 
 @MEMORY.register("standard")
@@ -23,7 +20,7 @@ class Plain(LocalStrategy):
     ``train.compile`` runs the forward through ``torch.compile``.
     """
 
-    def __init__(self, model: nn.Module, train: "TrainConfig", device: torch.device, dist: DistContext = DistContext()) -> None:
+    def __init__(self, model: nn.Module, train: TrainSettings, device: torch.device, dist: DistContext = DistContext()) -> None:
         super().__init__(model, train, device, dist)
         self.forward_model = torch.compile(model) if train.compile else model
 

@@ -2,7 +2,8 @@
 MFCC features (torchaudio), conv and residual encoders whose blocks emit CAP blocks, and the ``fsdd`` /
 ``audiofolder`` data sets."""
 
-from .data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length, load_audio_dataset, read_wave
+from .config import AUDIO_DATASETS, AudioDataConfig, AudioEncoderConfig
+from .data import AudioDataset, AudioSet, fix_length, load_audio_dataset, read_wave
 from .encoder import AudioEncoder, AudioFrontEnd
 
-__all__ = ["AUDIO_DATASETS", "AudioDataset", "AudioEncoder", "AudioFrontEnd", "AudioSet", "fix_length", "load_audio_dataset", "read_wave"]
+__all__ = ["AUDIO_DATASETS", "AudioDataConfig", "AudioDataset", "AudioEncoderConfig", "AudioEncoder", "AudioFrontEnd", "AudioSet", "fix_length", "load_audio_dataset", "read_wave"]

@@ -15,12 +15,12 @@ from typing import BinaryIO
 import torch
 from torch import Tensor
 
-from capsmm.config import AudioDataConfig
-from capsmm.data import AUDIO_DATASETS, ModalSplit, load_dataset, stratified_indices
+from capsmm.data import ModalSplit, load_dataset, stratified_indices
 from capsmm.errors import DataError
 from capsmm.optional import require
 
 from .augment import waveform_augmentation
+from .config import AUDIO_DATASETS, AudioDataConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 

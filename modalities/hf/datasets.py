@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from capsmm.config import AudioDataConfig, DataConfig
+from capsmm.config import DataConfig
 from capsmm.data import DATASETS, ImageDataset, ImageSet
 from capsmm.data.vision import grey_if_colourless
 from capsmm.errors import DataError
 from capsmm.optional import require
-from modalities.audio.data import AUDIO_DATASETS, AudioDataset, AudioSet, fix_length, read_wave
+from modalities.audio.config import AUDIO_DATASETS, AudioDataConfig
+from modalities.audio.data import AudioDataset, AudioSet, fix_length, read_wave
 
 LABEL = "label"
 
