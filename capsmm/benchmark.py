@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .errors import ConfigError
 from .layers import batchnorm_stats_frozen
-from .metrics import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
+from .profiling import PhaseTimer, TensorMemoryMeter, count_parameters, tensor_bytes
 from .model import CAPModel, build_model
 from .modes import MODES
 from .strategies import Strategy, build_strategy

@@ -27,7 +27,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from .errors import ConfigError
 from .metrics import tidy
 from .model import CAPModel
 from .modes import CAP_FAMILIES, ModeSchedule, mode_spec
-from .run import describe_parameters, launched, model_from_config, seeded_model
+from .training import describe_parameters, launched, model_from_config, seeded_model
 from .strategies import build_strategy
 from .trainer import CHECKPOINT, RESULTS, Trainer
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
 from .errors import ConfigError
-from .fusion import CONSTANT_INPUT, ModalityGate, constant_samples, gated_cosine, modality_terms
+from .gate import CONSTANT_INPUT, ModalityGate, constant_samples, gated_cosine, modality_terms
 from .modes import CAP_FAMILIES, DETACHED_MODES, check_mode, mode_spec, same_family
 from .peers import PeerReadout
 from .prototypes import PrototypeHead
@@ -42,7 +42,7 @@ class CAPOutput(NamedTuple):
     modalities: tuple[str, ...] | None = None
     """with several modalities present (cosine head): their names, the rows of ``typicality``"""
     typicality: Tensor | None = None
-    """(M, B): how typical each modality's pattern is of the clean training pairs (:mod:`capsmm.fusion`)"""
+    """(M, B): how typical each modality's pattern is of the clean training pairs (:mod:`capsmm.gate`)"""
 
 
 class BlockPass(NamedTuple):
@@ -130,7 +130,7 @@ class CAPModel(nn.Module):
         for name, dims in zip(self.encoders, slice_dims):
             self.slices[name] = tuple(range(offset, offset + len(dims)))
             offset += len(dims)
-        #: per-modality typicality thresholds of the gated joint score (:mod:`capsmm.fusion`); used in
+        #: per-modality typicality thresholds of the gated joint score (:mod:`capsmm.gate`); used in
         #: eval mode when ``gated`` is on and several modalities are present (cosine head only)
         several = cap and head == "cosine" and len(self.encoders) > 1
         self.gate = ModalityGate({name: sum(self.pattern_widths[name].values()) for name in self.encoders}, num_classes) if several else None
@@ -295,7 +295,7 @@ class CAPModel(nn.Module):
 
         The head runs under the model's autocast; logits of a lower-precision autocast come back in
         float32, so the loss is computed in full precision whatever the autocast dtype. ``constant``:
-        per modality, (B,) True where the sample's input is constant (:func:`capsmm.fusion.constant_samples`).
+        per modality, (B,) True where the sample's input is constant (:func:`capsmm.gate.constant_samples`).
         """
         output = self._score(patterns, slices, constant or {})
         if self.class_mask is None:

@@ -26,7 +26,7 @@ from .data import BatchLoader, ModalSplit
 from .distributed import DistContext
 from .encoder import build_encoder
 from .errors import CheckpointError, ConfigError
-from .fusion import calibrate_gate
+from .gate import calibrate_gate
 from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
 from .retrieval import class_profile, retrieval_metrics
@@ -215,7 +215,7 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
     Each epoch's metrics gain ``test_error_by_modality``, ``retrieval`` and ``corrupted_error``; so
     do the results. With ``gate`` a joint CAP model predicts with the gated joint score
-    (:mod:`capsmm.fusion`), its thresholds calibrated on the clean training pairs after every epoch.
+    (:mod:`capsmm.gate`), its thresholds calibrated on the clean training pairs after every epoch.
     Under torchrun (``dist``) the strategy of ``train.parallel`` shares the work; rank 0 writes.
     """
     device = device or torch.device("cpu")

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .runs import RunRecord, cell_label, cells, varying_keys  # noqa: E402
+from .run_records import RunRecord, cell_label, cells, varying_keys  # noqa: E402
 
 
 def _finish(fig: plt.Figure, path: Path, **legend: object) -> Path:

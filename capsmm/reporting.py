@@ -14,7 +14,7 @@ from scipy import stats
 
 from .config import flatten_dict, shown
 from .errors import ConfigError
-from .runs import RunRecord, cell_label, cells, short_key, varying_keys
+from .run_records import RunRecord, cell_label, cells, short_key, varying_keys
 
 
 def record_of(results: dict[str, Any]) -> RunRecord:

@@ -26,7 +26,8 @@ from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .metrics import PhaseTimer, count_parameters, peak_memory_mib, tidy
+from .metrics import tidy
+from .profiling import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
 from .strategies import Strategy

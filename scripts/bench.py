@@ -19,7 +19,7 @@ import torch
 
 from capsmm.benchmark import DEFAULT_OPTIONS, BENCH_MODES, DATASET_SHAPES, OPTIONS, markdown_table, measure_backbone, parse_options
 from capsmm.cli import OneLineArgumentParser, guarded
-from capsmm.run import resolve_device
+from capsmm.training import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.config import MultimodalRun, build_runs, multimodal_schema, parse_assignment
 from capsmm.data import BatchLoader, load_dataset
 from capsmm.multimodal import build_fusion_model
-from capsmm.run_multimodal import encoder_specs
+from capsmm.training_multimodal import encoder_specs
 from capsmm.strategies import build_strategy
 from modalities.audio import AudioDataset
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.plotting import plot_all
-from capsmm.runs import find_runs
+from capsmm.run_records import find_runs
 
 
 @guarded

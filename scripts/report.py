@@ -18,7 +18,7 @@ from pathlib import Path
 
 from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.reporting import comparison_report, paper_table
-from capsmm.runs import find_runs
+from capsmm.run_records import find_runs
 
 
 def build_parser() -> argparse.ArgumentParser:

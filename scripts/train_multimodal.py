@@ -23,7 +23,7 @@ from capsmm.cli import MULTIMODAL_FLAGS, config_parser, guarded, runs_from_args
 from capsmm.config import multimodal_schema
 from capsmm.distributed import is_main_process
 from capsmm.reporting import comparison_report, record_of
-from capsmm.run_multimodal import train_multimodal
+from capsmm.training_multimodal import train_multimodal
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from capsmm.cli import VISION_FLAGS, config_parser, guarded, runs_from_args, wit
 from capsmm.config import RunConfig
 from capsmm.distributed import is_main_process
 from capsmm.reporting import comparison_report, record_of
-from capsmm.run import train
+from capsmm.training import train
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 

@@ -7,7 +7,7 @@ import torch
 
 from capsmm.errors import ConfigError
 from capsmm.benchmark import measure_backbone, parse_options
-from capsmm.metrics import TensorMemoryMeter
+from capsmm.profiling import TensorMemoryMeter
 from conftest import load_script
 
 bench = load_script("bench")

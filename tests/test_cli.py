@@ -140,12 +140,12 @@ def test_quickstart_rerun_and_the_readme_three_seed_comparison(tmp_path, monkeyp
 
 
 def test_an_unexpected_failure_is_one_line_and_a_log_with_the_traceback(monkeypatch, capsys, tmp_path):
-    import capsmm.run
+    import capsmm.training
 
     def explode(*args, **kwargs):
         raise RuntimeError("allocator: out of memory\nsecond line of detail")
 
-    monkeypatch.setattr(capsmm.run, "load_image_dataset", explode)
+    monkeypatch.setattr(capsmm.training, "load_image_dataset", explode)
     monkeypatch.setenv("CAPSMM_LOG_DIR", str(tmp_path / "logs"))
     code, _, err = run_main(["--dataset", "digits", "--out", str(tmp_path / "run")], capsys)
     assert code == 1

@@ -32,14 +32,14 @@ def test_combination(combo, outcomes):
 
 
 def test_a_refused_combination_stops_before_any_data_is_loaded(monkeypatch, tmp_path):
-    import capsmm.run
+    import capsmm.training
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded")
 
-    monkeypatch.setattr(capsmm.run, "load_image_dataset", no_data)
+    monkeypatch.setattr(capsmm.training, "load_image_dataset", no_data)
     refused = next(c for c in COMBOS if c.expected_refusal() and not c.frozen)
     config = matrix.config_for(refused)
     config.out = str(tmp_path)
     with pytest.raises(ConfigError):
-        capsmm.run.train(config, log=lambda _: None)
+        capsmm.training.train(config, log=lambda _: None)

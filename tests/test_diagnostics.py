@@ -9,7 +9,7 @@ from capsmm import build_model
 from capsmm.config import build_runs
 from capsmm.diagnostics import block_accuracy, gradient_consistency, orthogonality, scale, sparsity
 from capsmm.prototypes import PrototypeHead
-from capsmm.run import train
+from capsmm.training import train
 from conftest import load_script
 
 

@@ -51,7 +51,7 @@ def ddp_two_epochs(tmp_path_factory):
 
 def test_data_parallel_equals_one_process_on_the_same_global_batches(ddp_two_epochs, tmp_path):
     from capsmm.config import build_runs
-    from capsmm.run import train
+    from capsmm.training import train
 
     flags = dict(zip(TINY[::2], TINY[1::2]))
     overrides = [("data.name", "digits"), ("train.batch_size", 64), ("data.train_subset", 256), ("data.test_subset", 100),
@@ -164,7 +164,7 @@ def test_block_parallel_caps_gradients_equal_single_process_caps(world, micro_ba
 
 def test_block_parallel_training_under_torchrun_equals_one_process_and_resumes(tmp_path):
     from capsmm.config import build_runs
-    from capsmm.run import train
+    from capsmm.training import train
 
     deep = [*TINY, "--set", "model.depth=4", "--set", "train.micro_batches=2"]
     assert torchrun([*deep, "--set", "train.parallel=blocks", "--epochs", "1", "--out", str(tmp_path / "blocks")]).returncode == 0

@@ -3,7 +3,7 @@
 import pytest
 
 from capsmm.config import build_runs
-from capsmm.run import train
+from capsmm.training import train
 
 MODES = ["bp", "caps", "caps-full", "local"]
 

@@ -12,7 +12,7 @@ from capsmm import CAPEncoder, CAPModel, training_loss
 from capsmm.config import TrainConfig
 from capsmm.data import ModalSplit
 from capsmm.encoder import build_encoder, register_encoder
-from capsmm.fusion import calibrate_gate
+from capsmm.gate import calibrate_gate
 from capsmm.multimodal import EncoderSpec, LateFusion, build_fusion_model, evaluate_modalities, fit_multimodal, multimodal_loaders
 
 SPECS = {

@@ -98,7 +98,7 @@ def test_peers_learn_fashion_mnist(data_root, tmp_path, mode):
 
 
 def train_fashion(data_root, out, mode):
-    from capsmm.run import train
+    from capsmm.training import train
 
     return train(fashion(data_root, out, **{"model.backbone": "mlp", "model.hidden": 256, "model.block_batchnorm": True,
                                             "model.dropout": 0.0, "train.mode": mode}), log=print)

@@ -11,8 +11,8 @@ import scipy.stats
 from capsmm.config import build_runs
 from capsmm.errors import ConfigError, DataError
 from capsmm.reporting import comparison_report, paired_differences, record_of, summary_table
-from capsmm.run import train
-from capsmm.runs import find_runs, varying_keys
+from capsmm.training import train
+from capsmm.run_records import find_runs, varying_keys
 from conftest import load_script
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from capsmm.checkpoint import load_checkpoint, save_checkpoint
 from capsmm.config import build_runs
 from capsmm.errors import CheckpointError, ConfigError, TrainingError
-from capsmm.run import train
+from capsmm.training import train
 
 METRIC_KEYS = {"epoch", "mode", "lr", "train_loss", "train_error", "test_error", "epoch_seconds", "forward_ms", "backward_ms", "step_ms"}
 RESULT_KEYS = {"dataset", "backbone", "mode", "params", "test_error", "train_error", "peak_memory_mib", "forward_ms",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..distributed import DistContext
 from ..errors import ConfigError
-from ..metrics import PhaseTimer, phase_of
+from ..profiling import PhaseTimer, phase_of
 
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
 #: devices whose fused Adam kernel ``auto`` picks

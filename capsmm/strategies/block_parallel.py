@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..distributed import DistContext, communicate, gather_objects
 from ..errors import ConfigError
-from ..metrics import PhaseTimer, phase_of
+from ..profiling import PhaseTimer, phase_of
 from ..model import BlockPass, CAPModel, CAPOutput
 from ..modes import DETACHED_MODES
 from ..objectives import training_loss

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import DistContext, average_gradients
-from ..metrics import PhaseTimer
+from ..profiling import PhaseTimer
 from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy
 from .registry import PARALLEL
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..distributed import DistContext
 from ..objectives import training_loss
-from .base import Inputs, LocalStrategy, Setup, TrainSettings
+from .base import Inputs, LocalStrategy, TrainSettings
 from .registry import MEMORY
 
 

@@ -15,7 +15,7 @@ from .encoder import encoder_options
 from .errors import CheckpointError, DataError
 from .model import CAPModel
 from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
-from .run import describe_parameters, launched, seeded_model
+from .training import describe_parameters, launched, seeded_model
 
 
 def load_modalities(config: MultimodalRun) -> dict[str, tuple[ModalSplit, ModalSplit, tuple[int, ...], list[str]]]:
@@ -80,7 +80,7 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Validate, load and pair the data, build the fusion model (or extend a trained one), train.
 
-    Under torchrun it trains data-parallel like :func:`capsmm.run.train`; rank 0 writes."""
+    Under torchrun it trains data-parallel like :func:`capsmm.training.train`; rank 0 writes."""
     config.validate()
     mm = config.multimodal
     with launched(config.train) as (context, device):
