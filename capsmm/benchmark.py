@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.benchmark
 from torch import Tensor, nn
 
 from .config import TrainConfig
@@ -140,17 +140,11 @@ def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[
     return (resting + above) / 2**20, activations / 2**20, method
 
 
-def _median_time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    samples = []
-    for _ in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples[1:])
+def _time_ms(fn: Callable[[], Any], reps: int) -> float:
+    """Milliseconds per call of ``fn`` over ``reps`` calls after a warm-up (``torch.utils.benchmark``,
+    which synchronises CUDA and keeps the thread count fixed)."""
+    timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(reps).median * 1000
 
 
 def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, float]:
@@ -175,9 +169,9 @@ def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, 
         output = layer(layer_input)
         grad = torch.randn_like(output)
         params = [p for p in layer.parameters()]
-        weight_ms += _median_time(lambda: torch.autograd.grad(output, params, grad, retain_graph=True), images.device, reps)
+        weight_ms += _time_ms(lambda: torch.autograd.grad(output, params, grad, retain_graph=True), reps)
         if index > 0:
-            input_ms += _median_time(lambda: torch.autograd.grad(output, layer_input, grad, retain_graph=True), images.device, reps)
+            input_ms += _time_ms(lambda: torch.autograd.grad(output, layer_input, grad, retain_graph=True), reps)
     return {"weight_grad_ms": weight_ms, "input_grad_ms": input_ms, "floor": weight_ms / (weight_ms + input_ms)}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,3 @@ def communicate(operation: Any, *args: Any, **kwargs: Any) -> Any:
         if not is_peer_failure(error):
             raise
         raise peer_failure(error, getattr(operation, "__name__", "a collective")) from None
-
-
-def check_global_batch(batch_size: int, context: DistContext) -> int:
-    """The per-rank batch: the global ``batch_size`` split evenly over the ranks."""
-    if batch_size % context.world:
-        raise ConfigError(f"train.batch_size {batch_size} is the global batch and must divide evenly over {context.world} ranks")
-    return batch_size // context.world

@@ -35,6 +35,7 @@ from torch import Tensor
 from .checkpoint import atomic_write_json, load_checkpoint
 from .config import RunConfig, check_fields, in_range, opt
 from .data import BatchLoader, ImageSet, image_split, load_image_dataset, stratified_indices
+from .evaluation import error_counts, predictions
 from .errors import ConfigError
 from .metrics import tidy
 from .model import CAPModel
@@ -115,14 +116,9 @@ def incremental_metrics(accuracy: Sequence[Sequence[float]], seen_accuracy: Sequ
     }
 
 
-@torch.no_grad()
 def task_accuracy(model: CAPModel, split: Any, batch_size: int, device: torch.device) -> float:
-    model.eval()
-    right = total = 0
-    for inputs, labels in BatchLoader(split, batch_size, device=device):
-        right += int((model(inputs).logits.argmax(1) == labels).sum())
-        total += len(labels)
-    return right / max(total, 1)
+    wrong, seen = error_counts(predictions(lambda inputs: model(inputs).logits, model, BatchLoader(split, batch_size, device=device))).tolist()
+    return 1 - wrong / max(seen, 1)
 
 
 def freeze_blocks(model: CAPModel, count: int) -> None:

@@ -25,6 +25,7 @@ from .corruption import corrupted_splits
 from .data import BatchLoader, ModalSplit
 from .distributed import DistContext
 from .encoder import build_encoder
+from .evaluation import predictions
 from .errors import CheckpointError, ConfigError
 from .gate import calibrate_gate
 from .model import CAPModel, CAPOutput
@@ -108,19 +109,13 @@ def modality_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
     return [combo for size in range(1, len(modalities) + 1) for combo in itertools.combinations(sorted(modalities), size)]
 
 
-@torch.no_grad()
 def collect_logits(model: nn.Module, loader: BatchLoader, subsets: Sequence[tuple[str, ...]]) -> tuple[dict[tuple[str, ...], Tensor], Tensor]:
     """Logits of every modality subset over a (paired) test loader, and the labels."""
-    was_training = model.training
-    model.eval()
-    logits: dict[tuple[str, ...], list[Tensor]] = {subset: [] for subset in subsets}
-    labels = []
-    for inputs, y in loader:
-        for subset in subsets:
-            logits[subset].append(model({name: inputs[name] for name in subset}).logits.float())
-        labels.append(y)
-    model.train(was_training)
-    return {subset: torch.cat(parts) for subset, parts in logits.items()}, torch.cat(labels)
+    def every_subset(inputs: Mapping[str, Tensor]) -> dict[tuple[str, ...], Tensor]:
+        return {subset: model({name: inputs[name] for name in subset}).logits.float() for subset in subsets}
+
+    batches = list(predictions(every_subset, model, loader))
+    return {subset: torch.cat([logits[subset] for logits, _ in batches]) for subset in subsets}, torch.cat([y for _, y in batches])
 
 
 def subset_name(subset: Sequence[str]) -> str:

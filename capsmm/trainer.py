@@ -25,6 +25,7 @@ from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, flatten_dict
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
+from .evaluation import error_counts, predictions
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .metrics import tidy
 from .profiling import PhaseTimer, count_parameters, peak_memory_mib
@@ -183,15 +184,9 @@ class Trainer:
         all_reduce_sum(self.dist, loss_sum, wrong, count)
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Test error (fraction) with the model in eval mode."""
-        self.model.eval()
-        counts = torch.zeros(2, device=self.device, dtype=torch.long)  # wrong, seen
-        for inputs, labels in self.test_loader:
-            logits = self.strategy.predict(inputs)
-            if logits is not None:
-                counts += torch.stack([(logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=self.device)])
+        counts = error_counts(predictions(self.strategy.predict, self.model, self.test_loader), self.device)
         all_reduce_sum(self.dist, counts)
         return counts[0].item() / counts[1].item()
 

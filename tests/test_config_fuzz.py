@@ -1,9 +1,12 @@
 """Fuzzing the config reader: no value, key or YAML text ends in anything but a one-line ConfigError,
 and no accepted config holds a value outside the documented ranges (the spec below, written
-independently of capsmm/config.py's checks)."""
+independently of capsmm.config's checks)."""
 
+import importlib.util
 import math
+from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +16,7 @@ from capsmm.data import DATASETS
 from modalities.audio import AUDIO_DATASETS
 from capsmm.encoder import ENCODERS
 from capsmm.errors import ConfigError
+from capsmm.incremental import IncrementalRunConfig
 
 #: documented ranges: key suffix -> predicate on an accepted value
 POSITIVE = {"train_subset", "test_subset", "image_size", "sample_rate", "duration", "width_mult", "depth", "hidden",
@@ -124,3 +128,45 @@ def test_any_yaml_file_is_read_or_refused_in_one_line(tmp_path_factory, text):
         return
     for run in runs:
         assert_within_documented_ranges(run)
+
+
+def load_script(name):
+    """A script of scripts/ as a module (its ``main`` is guarded: every failure is one line and an exit status)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fuzzed_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: script -> (the function it trains with, which the fuzz replaces by a no-op, and the keys it accepts)
+SCRIPTS = {"train_vision": ("train", RunConfig), "train_multimodal": ("train_multimodal", MultimodalRunConfig),
+           "train_incremental": ("run_incremental", IncrementalRunConfig)}
+flag_values = st.one_of(st.integers(-3, 10**6).map(str), st.sampled_from(["", "0", "nan", "-1", "1e-3", "x", "caps", "bp", "mlp", "[1]"]),
+                        st.text(max_size=6))
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzing_the_command_line_gives_exit_0_or_one_line_and_exit_2_never_a_traceback(script, data, capsys, monkeypatch):
+    module = load_script(script)
+    trainer, schema = SCRIPTS[script]
+    monkeypatch.setattr(module, trainer, lambda run, **_: {"config": run})
+    keys = st.sampled_from(valid_keys(schema))
+    argv = []
+    for key, value in data.draw(st.lists(st.tuples(keys, flag_values), min_size=1, max_size=3)):
+        argv += ["--set", f"{key}={value}"]
+    argv += data.draw(st.lists(st.sampled_from(["--epochs", "--seed", "--batch-size", "--lr", "--mode"]), max_size=2).map(
+        lambda flags: [part for flag in flags for part in (flag, data.draw(flag_values))]))
+    capsys.readouterr()
+    try:
+        status = module.main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status in (0, 2), (argv, status, err)
+    if status == 2:
+        assert err.count("\n") == 1 and err.startswith(("error: ", f"{script}.py: error: ")), (argv, err)
+    else:
+        assert err == "", (argv, err)

@@ -132,8 +132,6 @@ class Strategy(ABC):
     The strategy owns the optimiser (over the parameters this rank trains).
     """
 
-    #: the name it is registered under (``train.memory`` or ``train.parallel`` value)
-    name: ClassVar[str]
     #: whether this rank holds the whole model (diagnostics and per-modality evaluation need it)
     holds_model: ClassVar[bool] = True
 
