@@ -2,14 +2,14 @@
 and no accepted config holds a value outside the documented ranges (the spec below, written
 independently of capsmm.config's checks)."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import load_script
 
 from capsmm.config import MultimodalRunConfig, RunConfig, build_runs, parse_assignment, set_value, valid_keys
 from capsmm.data import DATASETS
@@ -128,15 +128,6 @@ def test_any_yaml_file_is_read_or_refused_in_one_line(tmp_path_factory, text):
         return
     for run in runs:
         assert_within_documented_ranges(run)
-
-
-def load_script(name):
-    """A script of scripts/ as a module (its ``main`` is guarded: every failure is one line and an exit status)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"fuzzed_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 #: script -> (the function it trains with, which the fuzz replaces by a no-op, and the keys it accepts)
