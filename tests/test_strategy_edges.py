@@ -1,0 +1,87 @@
+"""Reachable edges of the parallel strategies (issue 17): small last batches cut into micro-batches
+or rank shares, block-parallel checkpoints, and diagnostics next to collective layers."""
+
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from capsmm import build_model, training_loss
+from capsmm.config import TrainConfig, build_runs
+from capsmm.distributed import DistContext
+from capsmm.errors import ConfigError
+from capsmm.strategies import Setup, build_strategy, check_setup
+from test_distributed import SPEC, free_port
+
+#: the last batch of an epoch of the digits' 1437 training samples in batches of 64
+LAST_BATCH = 1437 % 64
+
+
+def init_gloo(rank, world, port):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def last_batch():
+    torch.manual_seed(2)
+    return torch.randn(LAST_BATCH, 1, 8, 8), torch.arange(LAST_BATCH) % 5
+
+
+def caps_model(norm):
+    torch.manual_seed(0)
+    spec = dict(SPEC, readout_norm=norm)
+    return build_model(spec.pop("backbone"), mode="caps", **spec)
+
+
+# ---------------------------------------------------------------------------- micro-batches and rank shares
+
+def micro_batch_worker(rank, world, port, out_dir):
+    init_gloo(rank, world, port)
+    x, y = last_batch()
+    result = {}
+    for norm in ("batchnorm", "layernorm"):
+        model = caps_model(norm)
+        stage = build_strategy(model, TrainConfig(mode="caps", parallel="blocks", micro_batches=8), torch.device("cpu"),
+                               DistContext(rank, world, rank))
+        loss, _ = stage.backward(x, y)
+        result[norm] = {"sizes": [len(piece) for _, piece, _ in stage.chunks(x, y)], "loss": None if loss is None else loss.item(),
+                        "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None}}
+    torch.save(result, out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_block_parallel_cuts_a_29_sample_last_batch_into_8_micro_batches_of_at_least_2(tmp_path):
+    """1437 samples in batches of 64 end with 29; chunk(8) cut it 7 x 4 + 1 and batch norm refused the 1."""
+    mp.spawn(micro_batch_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["batchnorm"]["sizes"] == [4, 4, 4, 4, 4, 3, 3, 3]
+    assert ranks[1]["batchnorm"]["loss"] is not None and torch.isfinite(torch.tensor(ranks[1]["batchnorm"]["loss"]))
+    # per-sample readout norms: the uneven split still gives one process' gradient on the whole batch
+    reference = caps_model("layernorm")
+    x, y = last_batch()
+    training_loss(reference(x), y).backward()
+    covered = set()
+    for rank in ranks:
+        for name, grad in rank["layernorm"]["grads"].items():
+            torch.testing.assert_close(grad, dict(reference.named_parameters())[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+            covered.add(name)
+    assert covered == {name for name, _ in reference.named_parameters()}
+
+
+def test_block_parallel_refuses_micro_batches_of_one_sample():
+    setup = dict(modes=("caps",), parallel="blocks", world=2, micro_batches=8)
+    check_setup(Setup(**setup, batch_size=16))
+    with pytest.raises(ConfigError, match=r"train.micro_batches \(8\) must be at most half train.batch_size \(15\)"):
+        check_setup(Setup(**setup, batch_size=15))
+
+
+def test_data_parallel_refuses_a_global_batch_that_leaves_a_rank_one_sample(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    [config] = build_runs(None, [("data.name", "digits"), ("train.batch_size", 2), ("train.device", "cpu")])
+    with pytest.raises(ConfigError, match="leaves each of 2 ranks one sample.*at least 4") as refused:
+        config.validate()
+    assert "\n" not in str(refused.value)
+    [config] = build_runs(None, [("data.name", "digits"), ("train.batch_size", 4), ("train.device", "cpu")])
+    config.validate()
