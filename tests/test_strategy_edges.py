@@ -19,9 +19,9 @@ from test_distributed import SPEC, free_port
 LAST_BATCH = 1437 % 64
 
 
-def init_gloo(rank, world, port):
+def init_gloo(rank, world, port, timeout_s=60):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def last_batch():
@@ -85,3 +85,51 @@ def test_data_parallel_refuses_a_global_batch_that_leaves_a_rank_one_sample(monk
     assert "\n" not in str(refused.value)
     [config] = build_runs(None, [("data.name", "digits"), ("train.batch_size", 4), ("train.device", "cpu")])
     config.validate()
+
+
+# ---------------------------------------------------------------------------- block-parallel checkpoints
+
+def checkpoint_worker(rank, world, port, out_dir):
+    init_gloo(rank, world, port)
+    model = caps_model("layernorm")
+    stage = build_strategy(model, TrainConfig(mode="caps", parallel="blocks"), torch.device("cpu"), DistContext(rank, world, rank))
+    x, y = last_batch()
+    stage.step(x, y)  # Adam state to checkpoint
+    torch.save({"state": stage.state_dict(), "optimizer": stage.optimizer.state_dict()}, out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def tensors_in(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+    return [t for item in items for t in tensors_in(item)]
+
+
+def test_block_parallel_checkpoint_state_is_gathered_to_rank_0_only(tmp_path):
+    mp.spawn(checkpoint_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[1]["state"] == {"model": {}, "optimizer": []}, "rank 1 writes no checkpoint: it receives nothing"
+    gathered = ranks[0]["state"]
+    assert set(gathered["model"]) == set(caps_model("layernorm").state_dict())
+    assert len(gathered["optimizer"]) == 2
+    for rank, optimizer in zip(ranks, gathered["optimizer"]):  # each rank's own Adam state, as it holds it
+        for sent, held in zip(tensors_in(optimizer), tensors_in(rank["optimizer"]), strict=True):
+            torch.testing.assert_close(sent, held, rtol=0, atol=0)
+    assert {t.device.type for t in tensors_in(gathered)} == {"cpu"}
+
+
+def test_gathered_state_is_moved_to_the_cpu_first():
+    """A pickled CUDA tensor unpickles on the sender's GPU: the gather sends CPU tensors (checked on
+    fake CUDA tensors, so that it runs without a GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from capsmm.distributed import gather_to_main
+
+    with FakeTensorMode():
+        state = {"state": {0: {"step": torch.zeros((), device="cuda"), "exp_avg": torch.zeros(3, device="cuda")}},
+                 "param_groups": [{"lr": 1e-3, "params": [0]}]}
+        [gathered] = gather_to_main(DistContext(), (state,))
+        assert [t.device.type for t in tensors_in(gathered)] == ["cpu", "cpu"]
+        assert gathered[0]["param_groups"] == state["param_groups"]
+

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..distributed import DistContext, communicate, gather_objects
+from ..distributed import DistContext, communicate, gather_to_main
 from ..errors import ConfigError
 from ..metrics import PhaseTimer, phase_of
 from ..model import BlockPass, CAPModel, CAPOutput
@@ -259,14 +259,15 @@ class BlockParallel(Strategy):
         owned = {id(t) for module in self.owned for t in [*module.parameters(), *module.buffers()]}
         named = dict([*self.model.named_parameters(), *self.model.named_buffers()])
         state = self.model.state_dict()
-        return {name: state[name].cpu() for name, t in named.items() if id(t) in owned}
+        return {name: state[name] for name, t in named.items() if id(t) in owned}
 
     def state_dict(self) -> dict[str, Any]:
-        """The whole model, assembled from every rank's part, and every rank's optimiser state (a collective)."""
-        model: dict[str, Tensor] = {}
-        for part in gather_objects(self.dist, self.own_state()):
-            model.update(part)
-        return {"model": model, "optimizer": gather_objects(self.dist, self.optimizer.state_dict())}
+        """The whole model, assembled from every rank's part, and every rank's optimiser state, on
+        rank 0 and on the CPU (a collective; the other ranks get an empty model and no optimiser
+        state: only rank 0 writes the checkpoint)."""
+        gathered = gather_to_main(self.dist, (self.own_state(), self.optimizer.state_dict())) or []
+        return {"model": {name: tensor for part, _ in gathered for name, tensor in part.items()},
+                "optimizer": [optimizer for _, optimizer in gathered]}
 
 
 class PipelineBP(BlockParallel):
