@@ -133,3 +133,49 @@ def test_gathered_state_is_moved_to_the_cpu_first():
         assert [t.device.type for t in tensors_in(gathered)] == ["cpu", "cpu"]
         assert gathered[0]["param_groups"] == state["param_groups"]
 
+
+# ---------------------------------------------------------------------------- diagnostics beside collective layers
+
+class PooledBatchNorm1d(torch.nn.BatchNorm1d):
+    """A CPU stand-in for SyncBatchNorm (whose kernels are CUDA-only): in training mode its forward
+    is a collective over the ranks, as SyncBatchNorm's is."""
+
+    def forward(self, x):
+        if self.training:
+            dist.all_reduce(x.detach().sum(0))
+        return super().forward(x)
+
+
+def pool_batchnorm(model):
+    """What ``nn.SyncBatchNorm.convert_sync_batchnorm`` does, with the stand-in."""
+    for module in model.modules():
+        if type(module) is torch.nn.BatchNorm1d:
+            module.__class__ = PooledBatchNorm1d
+    return model
+
+
+def diagnostics_worker(rank, world, port, out_dir):
+    from capsmm.data import BatchLoader
+    from capsmm.data.batches import ModalSplit
+    from capsmm.trainer import Trainer
+
+    init_gloo(rank, world, port, timeout_s=30)
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = pool_batchnorm
+    train = TrainConfig(mode="caps", parallel="data", sync_batchnorm=True, diagnostics_every=1, epochs=1, batch_size=16, progress=False)
+    strategy = build_strategy(caps_model("batchnorm"), train, torch.device("cpu"), DistContext(rank, world, rank))
+    assert any(isinstance(m, PooledBatchNorm1d) for m in strategy.model.modules())
+    x, y = last_batch()
+    loaders = [BatchLoader(ModalSplit(x, y), 16, shuffle=shuffle, shard=strategy.batch_shard) for shuffle in (True, False)]
+    trainer = Trainer(strategy, *loaders, out_dir / "run", run_config={"seed": 0}, summary={}, diagnostics_batch=(x[:20], y[:20]),
+                      log=lambda _: None)
+    trainer.fit()
+    torch.save(trainer.history[-1].get("diagnostics"), out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_diagnostics_run_on_every_rank_beside_sync_batchnorm(tmp_path):
+    """Diagnostics on rank 0 alone waited forever in SyncBatchNorm's collective (here the gloo timeout)."""
+    mp.spawn(diagnostics_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    figures = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert figures[0]["gradient_cosine"] and all(-1 <= c <= 1 for c in figures[0]["gradient_cosine"])
+    assert figures[1] == figures[0], "every rank computes the same figures on the same batch"
