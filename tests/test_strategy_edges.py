@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distributed import SPEC, free_port
 
 from capsmm import build_model, training_loss
 from capsmm.config import TrainConfig, build_runs
 from capsmm.distributed import DistContext
 from capsmm.errors import ConfigError
 from capsmm.strategies import Setup, build_strategy, check_setup
-from test_distributed import SPEC, free_port
 
 #: the last batch of an epoch of the digits' 1437 training samples in batches of 64
 LAST_BATCH = 1437 % 64
@@ -71,7 +71,7 @@ def test_block_parallel_cuts_a_29_sample_last_batch_into_8_micro_batches_of_at_l
 
 
 def test_block_parallel_refuses_micro_batches_of_one_sample():
-    setup = dict(modes=("caps",), parallel="blocks", world=2, micro_batches=8)
+    setup = {"modes": ("caps",), "parallel": "blocks", "world": 2, "micro_batches": 8}
     check_setup(Setup(**setup, batch_size=16))
     with pytest.raises(ConfigError, match=r"train.micro_batches \(8\) must be at most half train.batch_size \(15\)"):
         check_setup(Setup(**setup, batch_size=15))
