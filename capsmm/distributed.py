@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils._pytree import tree_map_only
 
 from .errors import TrainingError
 
@@ -129,6 +130,28 @@ def gather_objects(context: DistContext, obj: Any) -> list[Any]:
         return [obj]
     gathered: list[Any] = [None] * context.world
     communicate(dist.all_gather_object, gathered, obj)
+    return gathered
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every tensor moved to the CPU.
+
+    Why: a pickled CUDA tensor is unpickled on the sender's GPU, so gathering one would put every
+    rank's state on that GPU in the receiving process (and need that GPU to be visible there).
+    """
+    return tree_map_only(torch.Tensor, lambda tensor: tensor.to("cpu"), obj)
+
+
+def gather_to_main(context: DistContext, obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, its tensors on the CPU, in rank order, on rank 0; None on the others.
+
+    For what only rank 0 needs (a checkpoint it writes): the others neither receive nor hold it.
+    """
+    obj = to_cpu(obj)
+    if not context.enabled:
+        return [obj]
+    gathered: list[Any] | None = [None] * context.world if context.is_main else None
+    communicate(dist.gather_object, obj, gathered, dst=0)
     return gathered
 
 

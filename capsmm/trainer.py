@@ -103,7 +103,7 @@ class Trainer:
 
     @property
     def inspects_model(self) -> bool:
-        """Whether this rank computes the figures that need the whole model (diagnostics, evaluators)."""
+        """Whether this rank computes the evaluators' figures (they need the whole model; rank 0 alone)."""
         return self.strategy.holds_model and self.dist.is_main
 
     # ------------------------------------------------------------------ checkpoints
@@ -261,7 +261,9 @@ class Trainer:
                 self.evaluated_keys |= set(figures)
                 record.update(figures)
             every = self.train_config.diagnostics_every
-            if (every and self.diagnostics_batch is not None and self.inspects_model
+            # on every rank that holds the model, not rank 0 alone: the gradient cosine's training-mode
+            # forward runs SyncBatchNorm's collectives, which the other ranks must join (same batch, same figures)
+            if (every and self.diagnostics_batch is not None and self.strategy.holds_model
                     and ((epoch + 1) % every == 0 or epoch + 1 == epochs)):
                 began_diagnostics = time.perf_counter()
                 inputs, labels = self.diagnostics_batch

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..distributed import DistContext, communicate, gather_objects
+from ..distributed import DistContext, communicate, gather_to_main
 from ..errors import ConfigError
 from ..profiling import PhaseTimer, phase_of
 from ..model import BlockPass, CAPModel, CAPOutput
@@ -46,6 +46,12 @@ def split_blocks(n_blocks: int, world: int) -> list[range]:
     base, extra = divmod(n_blocks, world)
     starts = [sum(base + (1 if r < extra else 0) for r in range(rank)) for rank in range(world + 1)]
     return [range(starts[r], starts[r + 1]) for r in range(world)]
+
+
+def micro_batch_count(samples: int, micro_batches: int) -> int:
+    """How many micro-batches a batch of ``samples`` is cut into: at most ``micro_batches``, and few
+    enough that each holds at least 2 samples (one when the batch itself is a single sample)."""
+    return max(1, min(micro_batches, samples // 2))
 
 
 @dataclass
@@ -111,8 +117,9 @@ class BlockParallel(Strategy):
             return "train.compile is not available with train.parallel=blocks"
         if setup.sync_batchnorm:
             return "train.sync_batchnorm pools batch statistics over data-parallel replicas; block-parallel ranks hold different blocks"
-        if setup.micro_batches > setup.batch_size:
-            return f"train.micro_batches ({setup.micro_batches}) must not exceed train.batch_size ({setup.batch_size})"
+        if setup.micro_batches > max(1, setup.batch_size // 2):
+            return (f"train.micro_batches ({setup.micro_batches}) must be at most half train.batch_size ({setup.batch_size}): "
+                    "every micro-batch needs 2 samples (batch norm can't normalise one)")
         return None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -177,9 +184,15 @@ class BlockParallel(Strategy):
                 self.send(p.pattern, self.head_rank, "patterns")
 
     def chunks(self, images: Tensor, labels: Tensor) -> list[tuple[Tensor, Tensor, float]]:
-        """(inputs, labels, share of the batch) per micro-batch."""
-        return [(x, y, len(y) / len(labels)) for x, y in zip(images.chunk(self.train_config.micro_batches),
-                                                             labels.chunk(self.train_config.micro_batches))]
+        """(inputs, labels, share of the batch) per micro-batch: ``train.micro_batches`` pieces as even
+        as possible, fewer when the batch is too small for every piece to hold 2 samples.
+
+        Why: batch norm can't normalise one sample in training mode, and an epoch's last batch can be
+        small (1437 samples in batches of 64 end with 29; ``chunk(8)`` would cut it 7 x 4 + 1). The
+        loss of each piece is weighted by its share, so the batch's gradient does not depend on the split.
+        """
+        pieces = micro_batch_count(len(labels), self.train_config.micro_batches)
+        return [(x, y, len(y) / len(labels)) for x, y in zip(images.tensor_split(pieces), labels.tensor_split(pieces))]
 
     def head_backward(self, own: list[BlockPass], labels: Tensor, share: float, reported: list[tuple[Tensor, Tensor]]) -> list[tuple[int, Tensor]]:
         """On the head rank: the micro-batch's loss (weighted by its ``share`` of the batch) and its
@@ -246,14 +259,15 @@ class BlockParallel(Strategy):
         owned = {id(t) for module in self.owned for t in [*module.parameters(), *module.buffers()]}
         named = dict([*self.model.named_parameters(), *self.model.named_buffers()])
         state = self.model.state_dict()
-        return {name: state[name].cpu() for name, t in named.items() if id(t) in owned}
+        return {name: state[name] for name, t in named.items() if id(t) in owned}
 
     def state_dict(self) -> dict[str, Any]:
-        """The whole model, assembled from every rank's part, and every rank's optimiser state (a collective)."""
-        model: dict[str, Tensor] = {}
-        for part in gather_objects(self.dist, self.own_state()):
-            model.update(part)
-        return {"model": model, "optimizer": gather_objects(self.dist, self.optimizer.state_dict())}
+        """The whole model, assembled from every rank's part, and every rank's optimiser state, on
+        rank 0 and on the CPU (a collective; the other ranks get an empty model and no optimiser
+        state: only rank 0 writes the checkpoint)."""
+        gathered = gather_to_main(self.dist, (self.own_state(), self.optimizer.state_dict())) or []
+        return {"model": {name: tensor for part, _ in gathered for name, tensor in part.items()},
+                "optimizer": [optimizer for _, optimizer in gathered]}
 
 
 class PipelineBP(BlockParallel):

@@ -38,6 +38,9 @@ class DataParallel(Strategy):
             return "train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); set train.device to cuda or drop it"
         if setup.batch_size % setup.world:
             return f"train.batch_size {setup.batch_size} is the global batch and must divide evenly over {setup.world} ranks"
+        if setup.world > 1 and setup.batch_size < 2 * setup.world:
+            return (f"train.batch_size {setup.batch_size} leaves each of {setup.world} ranks one sample (batch norm needs 2); "
+                    f"set it to at least {2 * setup.world}")
         return None
 
     @property
