@@ -1,13 +1,17 @@
 """Issue 17, the second look: run logic, reporting, prototypes and checkpoints (each test fails on the
 code before its fix)."""
 
+import re
+
 import pytest
 import torch
 
 from capsmm.checkpoint import load_checkpoint, save_checkpoint
 from capsmm.config import build_runs
-from capsmm.errors import CheckpointError
+from capsmm.errors import CheckpointError, DataError
 from capsmm.incremental import IncrementalRunConfig, run_incremental
+from capsmm.reporting import paired_differences, paper_table, record_of, summary_table
+from capsmm.runs import varying_keys
 
 
 def test_frozen_prototypes_stay_bit_identical_under_weight_decay(tmp_path):
@@ -34,3 +38,36 @@ def test_checkpoint_names_with_dots_round_trip_and_a_true_collision_is_refused(t
     with pytest.raises(CheckpointError, match="both"):  # keys that print alike: 1 and "1"
         save_checkpoint(tmp_path / "clash.safetensors", {1: torch.zeros(1), "1": torch.ones(1)})
     assert not (tmp_path / "clash.safetensors").exists()
+
+
+def finished(folder, seed, error, **overrides):
+    """A finished run's record as report.py reads it (its config resolved, ``out`` its folder)."""
+    settings = [f"train.seed={seed}", f"out={folder}", *(f"{k}={v}" for k, v in overrides.items())]
+    config = build_runs(None, settings)[0].to_dict()
+    return record_of({"test_error": error, "train_error": error, "epochs": config["train"]["epochs"], "wall_seconds": 1.0,
+                      "config": config})
+
+
+def test_runs_of_different_lengths_are_different_cells(tmp_path):
+    """train.epochs never names a folder (a resumed run may extend it), but a 2- and a 4-epoch run are
+    not replicates of one method: they were averaged in one row."""
+    runs = [finished(tmp_path / f"e{epochs}" / f"seed-{seed}", seed, epochs / 10 + seed / 100, **{"train.epochs": epochs})
+            for epochs in (2, 4) for seed in (0, 1)]
+    assert varying_keys(runs) == ["train.epochs"]
+    table = summary_table(runs)
+    assert "| 2 | 2 | 20.50 ± 0.71 |" in table and "| 4 | 2 | 40.50 ± 0.71 |" in table
+    [pair] = paired_differences(runs + [finished(tmp_path / "bp", 0, 0.3, **{"train.mode": "bp", "train.epochs": 4})],
+                                "train.mode", "caps", "bp")
+    assert pair["cell"] == {"train.epochs": 4} and pair["differences"] == pytest.approx([0.1])
+
+
+def test_two_runs_of_one_cell_and_seed_are_refused_naming_both_folders(tmp_path):
+    """Pairs were kept per (cell, seed) in a dict: the second such run silently replaced the first."""
+    runs = [finished(tmp_path / "a", 0, 0.1), finished(tmp_path / "copy", 0, 0.9), finished(tmp_path / "bp", 0, 0.2, **{"train.mode": "bp"})]
+    both = re.escape(f"{tmp_path / 'a'} and {tmp_path / 'copy'} are the same cell")
+    with pytest.raises(DataError, match=both):
+        paired_differences(runs, "train.mode", "caps", "bp")
+    for table in (summary_table, paper_table):  # averaged, the seed counted twice
+        with pytest.raises(DataError, match=both):
+            table(runs)
+
