@@ -1,6 +1,7 @@
 """Issue 17, the second look: run logic, reporting, prototypes and checkpoints (each test fails on the
 code before its fix)."""
 
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from capsmm.errors import CheckpointError, DataError
 from capsmm.incremental import IncrementalRunConfig, run_incremental
 from capsmm.reporting import paired_differences, paper_table, record_of, summary_table
 from capsmm.runs import varying_keys
+from conftest import load_script
 
 
 def test_frozen_prototypes_stay_bit_identical_under_weight_decay(tmp_path):
@@ -71,3 +73,35 @@ def test_two_runs_of_one_cell_and_seed_are_refused_naming_both_folders(tmp_path)
         with pytest.raises(DataError, match=both):
             table(runs)
 
+
+train_vision = load_script("train_vision")
+
+
+def train_digits(out, mode, epochs, *extra):
+    return train_vision.main(["--dataset", "digits", "--mode", mode, "--epochs", str(epochs), "--batch-size", "64",
+                              "--train-subset", "300", "--test-subset", "100", "--device", "cpu", "--no-progress",
+                              "--set", "model.hidden=16", "--set", "model.pattern_width=8", "--out", str(out), *extra])
+
+
+def modes_of(out):
+    return [json.loads(line)["mode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resume_that_would_move_a_past_mode_switch_is_refused(tmp_path, capsys):
+    """caps:0.5,caps-full trained 4 epochs (caps, caps, caps-full, caps-full) and resumed to 8 ran
+    caps-full for 5-8, a history no fresh 8-epoch run (caps for 1-4) has."""
+    assert train_digits(tmp_path, "caps:0.5,caps-full", 4) == 0
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_digits(tmp_path, "caps:0.5,caps-full", 8, "--resume") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "epoch 3, trained as caps-full, would be caps in a run of 8 epochs; resume with train.epochs=4" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == written
+
+
+def test_a_resume_before_any_switch_may_extend_the_schedule(tmp_path):
+    """Extended before its switch, the run is what a fresh run of the new length gives."""
+    assert train_digits(tmp_path / "short", "caps:0.75,caps-full", 2) == 0
+    assert train_digits(tmp_path / "short", "caps:0.75,caps-full", 4, "--resume") == 0
+    assert train_digits(tmp_path / "fresh", "caps:0.75,caps-full", 4) == 0
+    assert modes_of(tmp_path / "short") == modes_of(tmp_path / "fresh") == ["caps", "caps", "caps", "caps-full"]
