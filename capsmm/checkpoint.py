@@ -34,10 +34,25 @@ READABLE_FORMATS = (1, 2)
 TEMPORARY_PREFIX = ".capsmm-tmp-"
 
 
+def _name_part(key: Any) -> str:
+    """A key as one part of a tensor's name, its separators escaped: ``.`` -> ``\\.``, ``\\`` -> ``\\\\``.
+
+    Why: names join keys with ``.``, so ``{"a.b": t}`` and ``{"a": {"b": t}}`` would both be
+    ``a.b`` and one tensor would overwrite the other; escaped, distinct string keys give distinct names.
+    """
+    return str(key).replace("\\", "\\\\").replace(".", "\\.")
+
+
 def pack(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     """Move the tensors of a nested structure into ``tensors`` (on the CPU, contiguous, one storage
-    each: copied only when they are not so already); return a JSON-able skeleton."""
+    each: copied only when they are not so already); return a JSON-able skeleton.
+
+    Each tensor is named by its path of keys (:func:`_name_part`); keys that still print alike in
+    one dict (``1`` and ``"1"``) are a :class:`CheckpointError`, never a silent overwrite."""
     if isinstance(obj, Tensor):
+        if prefix in tensors:
+            raise CheckpointError(f"two tensors of the checkpoint are both named {prefix!r} (keys that print alike, "
+                                  f"such as 1 and '1'); give them distinct keys")
         tensor = obj.to("cpu").contiguous()
         if any(t.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() for t in tensors.values() if t.numel()):
             tensor = tensor.clone()  # safetensors stores every tensor in storage of its own
@@ -45,7 +60,7 @@ def pack(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
         # pairs keep non-string keys (the optimiser's integer parameter ids) intact through JSON
-        return {"__pairs__": [[k, pack(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+        return {"__pairs__": [[k, pack(v, f"{prefix}.{_name_part(k)}", tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
         return [pack(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
     return obj

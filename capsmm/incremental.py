@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from .checkpoint import atomic_write_json, load_checkpoint
 from .config import RunConfig, check_fields, in_range, opt
@@ -158,8 +159,6 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
             for hook in hooks:
                 hook.remove()
             hooks = []
-            if t > 0 and config.incremental.freeze_prototypes:
-                hooks = freeze_prototypes(model, seen[:-len(classes)])
             if t > 0 and config.incremental.freeze_blocks:
                 freeze_blocks(model, config.incremental.freeze_blocks)
             train_set = of_classes(data.train, classes)
@@ -167,6 +166,8 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
                 train_set = ImageSet(torch.cat([train_set.images, *(m.images for m in memory)]),
                                      torch.cat([train_set.labels, *(m.labels for m in memory)]))
             strategy = build_strategy(model, config.train, device, context)
+            if t > 0 and config.incremental.freeze_prototypes:
+                hooks = freeze_prototypes(model, strategy.optimizer, seen[:-len(classes)])
             train_loader = BatchLoader(image_split(train_set, mean, std, config.data.augment, config.data.crop_padding, config.data.cutout),
                                        config.train.batch_size, device=device, shuffle=True, seed=config.train.seed + 7919 * t)
             test_loader = BatchLoader(image_split(of_classes(data.test, seen), mean, std), config.train.eval_batch_size, device=device)
@@ -194,12 +195,25 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
         return results
 
 
-def freeze_prototypes(model: CAPModel, classes: Sequence[int]) -> list[Any]:
-    """Zero the gradient of these classes' prototypes (every chunk); returns the hooks' handles."""
-    keep = torch.ones(model.num_classes)
-    keep[list(classes)] = 0
+def freeze_prototypes(model: CAPModel, optimizer: torch.optim.Optimizer, classes: Sequence[int]) -> list[RemovableHandle]:
+    """Keep these classes' prototypes (every chunk) bit-identical through ``optimizer``'s steps;
+    returns the hooks' handles.
 
-    def hook(grad: Tensor) -> Tensor:
-        return grad * keep.to(grad.device, grad.dtype)[:, None]
+    Why not zero their gradient: Adam's weight decay (``train.weight_decay``) adds the weight itself
+    to the gradient, so a row with a zero gradient still moves. The rows are read just before every
+    step and written back just after it, so they stay as they were whatever the optimiser does
+    (also when a task resumes from its checkpoint).
+    """
+    rows = torch.tensor(sorted(classes), dtype=torch.long)
+    chunks = list(model.head.chunks)
+    kept: list[Tensor] = []
 
-    return [chunk.register_hook(hook) for chunk in model.head.chunks]
+    def keep(*_: Any) -> None:
+        kept[:] = [chunk.detach()[rows.to(chunk.device)] for chunk in chunks]
+
+    def restore(*_: Any) -> None:
+        with torch.no_grad():
+            for chunk, values in zip(chunks, kept):
+                chunk.index_copy_(0, rows.to(chunk.device), values)
+
+    return [optimizer.register_step_pre_hook(keep), optimizer.register_step_post_hook(restore)]

@@ -19,6 +19,7 @@ family share their parameters, so a run may switch between them (a schedule).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -76,6 +77,11 @@ class ModeSchedule:
     Each segment ``mode:end`` runs until the fraction ``end`` of the epochs has elapsed; the last
     segment needs no end. The paper recommends ``caps`` for most of training, then a short
     ``caps-full`` fine-tune (section 4.4).
+
+    The switches are fractions of the run's current ``train.epochs``, so a run resumed with another
+    epoch count may keep its schedule only where the new count gives the epochs already trained the
+    modes they had (:meth:`first_mismatch`); otherwise the resume is refused rather than the switch
+    epochs of the first count kept: then every run folder holds what a fresh run of its config gives.
     """
 
     segments: tuple[tuple[str, float], ...]  # (mode, end fraction); the last end is 1.0
@@ -130,3 +136,8 @@ class ModeSchedule:
             if progress < end - 1e-9:
                 return mode
         return self.segments[-1][0]
+
+    def first_mismatch(self, trained: Sequence[str], epochs: int) -> int | None:
+        """The first 0-based epoch of ``trained`` (the modes a run's epochs had) that a run of ``epochs``
+        epochs would train in another mode, or None: a resume to ``epochs`` epochs is exact only then."""
+        return next((epoch for epoch, mode in enumerate(trained) if self.mode_at(epoch, epochs) != mode), None)

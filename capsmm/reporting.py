@@ -13,7 +13,7 @@ from typing import Any
 from scipy import stats
 
 from .config import flatten_dict, shown
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .run_records import RunRecord, cell_label, cells, short_key, varying_keys
 
 
@@ -54,6 +54,7 @@ def summary_table(runs: Sequence[RunRecord], pooled: Sequence[str] = (), columns
     head += ["n", *[f"{_figure_label(f)} (%)" for f in figures], "epochs", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for members in cells(runs, keys).values():
+        members = list(by_replicate(members, pooled).values())
         first = members[0]
         ids = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
         errors = lambda key: [v for v in (m.value(key) for m in members) if v is not None]  # noqa: E731
@@ -61,6 +62,20 @@ def summary_table(runs: Sequence[RunRecord], pooled: Sequence[str] = (), columns
                _epochs(members), mean_std(errors("wall_seconds"), scale=1, digits=0)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def by_replicate(members: Sequence[RunRecord], pooled: Sequence[str] = ()) -> dict[str, RunRecord]:
+    """A cell's runs by replicate (seed and ``pooled`` values), in order. Two runs of one cell and
+    replicate (a copied folder, a run given twice) are a :class:`DataError` naming both: averaged, the
+    seed would count twice; paired, one run would silently replace the other."""
+    found: dict[str, RunRecord] = {}
+    for run in members:
+        twin = found.setdefault(run.replicate(pooled), run)
+        if twin is not run:
+            replicate = ", ".join([f"seed {run.seed}", *(f"{k}={shown(run.config.get(k))}" for k in pooled)])
+            raise DataError(f"runs {twin.path} and {run.path} are the same cell and replicate ({replicate}): a table counts "
+                            f"each replicate once; leave one of them out of the folders given")
+    return found
 
 
 def _figure_label(key: str) -> str:
@@ -105,14 +120,13 @@ def paired_differences(runs: Sequence[RunRecord], key: str, first: Any, second: 
 def _paired(runs: Sequence[RunRecord], key: str, first: Any, second: Any, metric: str, pooled: Sequence[str],
             keys: Sequence[str]) -> list[dict[str, Any]]:
     """:func:`paired_differences` within the cells that ``keys`` make."""
-    by_value: dict[str, dict[tuple[Any, ...], dict[str, float]]] = {}
+    by_value: dict[str, dict[tuple[Any, ...], list[RunRecord]]] = {}
     for run in runs:
-        value = run.value(metric)
-        if value is None:
-            continue
-        cell = tuple(json.dumps(run.config.get(k)) for k in keys)
-        by_value.setdefault(json.dumps(run.config.get(key)), {}).setdefault(cell, {})[run.replicate(pooled)] = value
-    a, b = by_value.get(json.dumps(first), {}), by_value.get(json.dumps(second), {})
+        if run.value(metric) is not None:
+            cell = tuple(json.dumps(run.config.get(k)) for k in keys)
+            by_value.setdefault(json.dumps(run.config.get(key)), {}).setdefault(cell, []).append(run)
+    a, b = ({cell: {r: run.value(metric) for r, run in by_replicate(members, pooled).items()}
+             for cell, members in by_value.get(json.dumps(value), {}).items()} for value in (first, second))
     comparisons = []
     for cell in a:
         replicates = sorted(set(a[cell]) & set(b.get(cell, {})))
@@ -206,7 +220,8 @@ def paper_table(runs: Sequence[RunRecord]) -> str:
     for by_dataset in rows.values():
         first = next(iter(by_dataset.values()))[0]
         cells_ = [shown(first.config.get(k)) for k in keys] or [cell_label(first, keys)]
-        cells_ += [mean_std([r.value("test_error") for r in by_dataset[d]]) if d in by_dataset else "-" for d in datasets]
+        cells_ += [mean_std([r.value("test_error") for r in by_replicate(by_dataset[d]).values()]) if d in by_dataset else "-"
+                   for d in datasets]
         cells_ += [_number(first.value("params"), 1e-6, 2), _number(first.value("peak_memory_mib"), 1, 0),
                    _number(first.value("forward_ms"), 1, 2), _number(first.value("backward_ms"), 1, 2)]
         lines.append("| " + " | ".join(cells_) + " |")

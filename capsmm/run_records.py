@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RESUMABLE_SUFFIXES, flatten_dict, shown
+from .config import INCIDENTAL_SUFFIXES, flatten_dict, shown
 from .errors import DataError
 
 #: config keys that never tell two runs' methods apart: where they ran, how they were shown and named
@@ -107,10 +107,12 @@ def find_runs(paths: Iterable[str | Path], finished: bool = False) -> list[RunRe
 
 
 def varying_keys(runs: Sequence[RunRecord], pooled: Sequence[str] = ()) -> list[str]:
-    """The config keys whose values differ among ``runs`` (seed, output folder, keys a resumed run may
-    change, and the ``pooled`` keys excluded): what tells the runs' cells apart, in config order."""
+    """The config keys whose values differ among ``runs`` (seed, output folder, keys that do not change
+    what a run computes, and the ``pooled`` keys excluded): what tells the runs' cells apart, in config
+    order. ``train.epochs`` counts: it names no folder (a resumed run may extend it), but runs of
+    different lengths are different cells."""
     keys = list(dict.fromkeys(k for run in runs for k in run.config))
-    ignored = lambda k: k in INCIDENTAL or k in pooled or k.endswith(RESUMABLE_SUFFIXES)  # noqa: E731
+    ignored = lambda k: k in INCIDENTAL or k in pooled or k.endswith(INCIDENTAL_SUFFIXES)  # noqa: E731
     return [k for k in keys if not ignored(k) and len({json.dumps(run.config.get(k), sort_keys=True) for run in runs}) > 1]
 
 

@@ -134,6 +134,7 @@ class Trainer:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
+        self._check_schedule([record["mode"] for record in state["history"]], saved.get("train.epochs"))
         self.strategy.load_state_dict(state)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -142,6 +143,19 @@ class Trainer:
         self.wall_seconds = float(state["wall_seconds"])
         self._rewrite_metrics()
         return int(state["epoch"])
+
+    def _check_schedule(self, trained: Sequence[str], saved_epochs: int | None) -> None:
+        """Refuse a resume whose ``train.epochs`` would move a schedule's switch among the epochs already
+        trained (``caps:0.5,caps-full``, 4 epochs done, extended to 8: epochs 3-4 ran caps-full, a fresh
+        8-epoch run trains them as caps); see :class:`~capsmm.modes.ModeSchedule`."""
+        epochs = self.train_config.epochs
+        epoch = self.schedule.first_mismatch(trained, epochs)
+        if epoch is not None:
+            raise CheckpointError(
+                f"cannot resume {self.checkpoint_path} with train.epochs={epochs}: train.mode '{self.train_config.mode}' switches at "
+                f"fractions of the epochs, and epoch {epoch + 1}, trained as {trained[epoch]}, would be "
+                f"{self.schedule.mode_at(epoch, epochs)} in a run of {epochs} epochs; resume with train.epochs={saved_epochs}, "
+                "or train the new length in another folder (--out) or from scratch (--force)")
 
     def _rewrite_metrics(self) -> None:
         """Make metrics.jsonl hold exactly the checkpointed epochs (drop lines of an interrupted epoch)."""

@@ -1,0 +1,107 @@
+"""Issue 17, the second look: run logic, reporting, prototypes and checkpoints (each test fails on the
+code before its fix)."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from capsmm.checkpoint import load_checkpoint, save_checkpoint
+from capsmm.config import build_runs
+from capsmm.errors import CheckpointError, DataError
+from capsmm.incremental import IncrementalRunConfig, run_incremental
+from capsmm.reporting import paired_differences, paper_table, record_of, summary_table
+from capsmm.runs import varying_keys
+from conftest import load_script
+
+
+def test_frozen_prototypes_stay_bit_identical_under_weight_decay(tmp_path):
+    """Adam's weight decay moves a row whose gradient is zero: frozen prototypes must not move at all."""
+    [config] = build_runs(None, ["train.mode=caps", "train.epochs=1", "train.weight_decay=0.1", "train.device=cpu",
+                                 "train.progress=false", "data.train_subset=200", "data.test_subset=100", "model.hidden=16",
+                                 "model.pattern_width=8", "incremental.tasks=2", "incremental.freeze_prototypes=true",
+                                 f"out={tmp_path}"], schema=IncrementalRunConfig)
+    run_incremental(config, log=lambda line: None)
+    before, after = (load_checkpoint(tmp_path / f"task-{t}" / "checkpoint.safetensors")["model"]["head.chunks.0"] for t in (0, 1))
+    old, new = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+    assert torch.equal(after[old], before[old])
+    assert not torch.equal(after[new], before[new])
+
+
+def test_checkpoint_names_with_dots_round_trip_and_a_true_collision_is_refused(tmp_path):
+    """Tensor names join keys with '.': {"a.b": t} and {"a": {"b": t}} once both became "state.a.b"
+    and one overwrote the other silently."""
+    state = {"a.b": torch.zeros(2), "a": {"b": torch.ones(2)}, "a\\": {"b": torch.full((2,), 2.0)}}  # the last would clash with "a.b" were only dots escaped
+    save_checkpoint(tmp_path / "ok.safetensors", state)
+    loaded = load_checkpoint(tmp_path / "ok.safetensors")
+    assert loaded.keys() == state.keys()
+    assert [loaded["a.b"].tolist(), loaded["a"]["b"].tolist(), loaded["a\\"]["b"].tolist()] == [[0, 0], [1, 1], [2, 2]]
+    with pytest.raises(CheckpointError, match="both"):  # keys that print alike: 1 and "1"
+        save_checkpoint(tmp_path / "clash.safetensors", {1: torch.zeros(1), "1": torch.ones(1)})
+    assert not (tmp_path / "clash.safetensors").exists()
+
+
+def finished(folder, seed, error, **overrides):
+    """A finished run's record as report.py reads it (its config resolved, ``out`` its folder)."""
+    settings = [f"train.seed={seed}", f"out={folder}", *(f"{k}={v}" for k, v in overrides.items())]
+    config = build_runs(None, settings)[0].to_dict()
+    return record_of({"test_error": error, "train_error": error, "epochs": config["train"]["epochs"], "wall_seconds": 1.0,
+                      "config": config})
+
+
+def test_runs_of_different_lengths_are_different_cells(tmp_path):
+    """train.epochs never names a folder (a resumed run may extend it), but a 2- and a 4-epoch run are
+    not replicates of one method: they were averaged in one row."""
+    runs = [finished(tmp_path / f"e{epochs}" / f"seed-{seed}", seed, epochs / 10 + seed / 100, **{"train.epochs": epochs})
+            for epochs in (2, 4) for seed in (0, 1)]
+    assert varying_keys(runs) == ["train.epochs"]
+    table = summary_table(runs)
+    assert "| 2 | 2 | 20.50 ± 0.71 |" in table and "| 4 | 2 | 40.50 ± 0.71 |" in table
+    [pair] = paired_differences(runs + [finished(tmp_path / "bp", 0, 0.3, **{"train.mode": "bp", "train.epochs": 4})],
+                                "train.mode", "caps", "bp")
+    assert pair["cell"] == {"train.epochs": 4} and pair["differences"] == pytest.approx([0.1])
+
+
+def test_two_runs_of_one_cell_and_seed_are_refused_naming_both_folders(tmp_path):
+    """Pairs were kept per (cell, seed) in a dict: the second such run silently replaced the first."""
+    runs = [finished(tmp_path / "a", 0, 0.1), finished(tmp_path / "copy", 0, 0.9), finished(tmp_path / "bp", 0, 0.2, **{"train.mode": "bp"})]
+    both = re.escape(f"{tmp_path / 'a'} and {tmp_path / 'copy'} are the same cell")
+    with pytest.raises(DataError, match=both):
+        paired_differences(runs, "train.mode", "caps", "bp")
+    for table in (summary_table, paper_table):  # averaged, the seed counted twice
+        with pytest.raises(DataError, match=both):
+            table(runs)
+
+
+train_vision = load_script("train_vision")
+
+
+def train_digits(out, mode, epochs, *extra):
+    return train_vision.main(["--dataset", "digits", "--mode", mode, "--epochs", str(epochs), "--batch-size", "64",
+                              "--train-subset", "300", "--test-subset", "100", "--device", "cpu", "--no-progress",
+                              "--set", "model.hidden=16", "--set", "model.pattern_width=8", "--out", str(out), *extra])
+
+
+def modes_of(out):
+    return [json.loads(line)["mode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resume_that_would_move_a_past_mode_switch_is_refused(tmp_path, capsys):
+    """caps:0.5,caps-full trained 4 epochs (caps, caps, caps-full, caps-full) and resumed to 8 ran
+    caps-full for 5-8, a history no fresh 8-epoch run (caps for 1-4) has."""
+    assert train_digits(tmp_path, "caps:0.5,caps-full", 4) == 0
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_digits(tmp_path, "caps:0.5,caps-full", 8, "--resume") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "epoch 3, trained as caps-full, would be caps in a run of 8 epochs; resume with train.epochs=4" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == written
+
+
+def test_a_resume_before_any_switch_may_extend_the_schedule(tmp_path):
+    """Extended before its switch, the run has the modes of a fresh run of the new length (the
+    refusal above must not catch this: it passes before the fix too)."""
+    assert train_digits(tmp_path, "caps:0.75,caps-full", 2) == 0
+    assert train_digits(tmp_path, "caps:0.75,caps-full", 4, "--resume") == 0
+    assert modes_of(tmp_path) == ["caps", "caps", "caps", "caps-full"]
