@@ -166,8 +166,10 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
                 train_set = ImageSet(torch.cat([train_set.images, *(m.images for m in memory)]),
                                      torch.cat([train_set.labels, *(m.labels for m in memory)]))
             strategy = build_strategy(model, config.train, device, context)
-            if t > 0 and config.incremental.freeze_prototypes:
-                hooks = freeze_prototypes(model, strategy.optimizer, seen[:-len(classes)])
+            unseen = [c for later in tasks[t + 1:] for c in later]  # untouched until their task, weight decay or not
+            held = unseen + (seen[:-len(classes)] if t > 0 and config.incremental.freeze_prototypes else [])
+            if held:
+                hooks = freeze_prototypes(model, strategy.optimizer, held)
             train_loader = BatchLoader(image_split(train_set, mean, std, config.data.augment, config.data.crop_padding, config.data.cutout),
                                        config.train.batch_size, device=device, shuffle=True, seed=config.train.seed + 7919 * t)
             test_loader = BatchLoader(image_split(of_classes(data.test, seen), mean, std), config.train.eval_batch_size, device=device)
