@@ -17,6 +17,8 @@ METRIC_NAMES: dict[str, str] = {
     "train_error": "fraction of training samples misclassified during the epoch (dropout on)",
     "test_error": "fraction of test samples misclassified, model in eval mode",
     "best_test_error": "lowest test_error over the epochs",
+    "peak_memory_mib": "peak memory of the run, MiB (peak_memory_method says how it was measured)",
+    "params": "trainable parameters of the model (elements; frozen ones left out)",
 }
 
 

@@ -178,6 +178,12 @@ def relative_difference(grads: dict[str, torch.Tensor], reference: dict[str, tor
     return worst
 
 
+def running_mean_difference(model: torch.nn.Module, reference: torch.nn.Module) -> float:
+    """The largest absolute difference between the batch-norm running means of two models of one build."""
+    means = dict(reference.named_buffers())
+    return max(((b - means[n]).abs().max().item() for n, b in model.named_buffers() if n.endswith("running_mean")), default=0.0)
+
+
 def gradients(model: torch.nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and (names is None or n in names)}
 
@@ -195,7 +201,7 @@ def compare(combo: Combo, rank: int = 0, world: int = 1) -> dict[str, Any]:
                      if n.split(".")[1] in frozen or n == "head.chunks.0" and frozen}
     start = {n: p.clone() for n, p in model.named_parameters()}
     owned = {n for n, p in model.named_parameters() if any(p is q for q in strategy.trainable_parameters())}
-    differences, losses = [], []
+    differences, losses, running_means = [], [], []
     for step in range(2):
         torch.manual_seed(10 + step)
         local_x, local_y = shard(x, y, rank, world) if combo.parallel == "data" else (x, y)
@@ -206,6 +212,7 @@ def compare(combo: Combo, rank: int = 0, world: int = 1) -> dict[str, Any]:
             losses.append(out.loss.item())
         if combo.memory != "standard" or distributed:
             differences.append(relative_difference(gradients(model, owned), gradients(reference_model, owned)))
+            running_means.append(running_mean_difference(model, reference_model))
             if combo.parallel != "data" and out.loss is not None:
                 differences.append(abs(out.loss.item() - ref_out.loss.item()) / abs(ref_out.loss.item()))
             with torch.no_grad():
@@ -214,7 +221,7 @@ def compare(combo: Combo, rank: int = 0, world: int = 1) -> dict[str, Any]:
     moved = any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n in owned)
     frozen_kept = all(torch.equal(t, frozen_before[n]) for n, t in [*model.named_parameters(), *model.named_buffers()] if n in frozen_before)
     return {"difference": max(differences, default=0.0), "losses": losses, "moved": moved, "frozen_kept": frozen_kept,
-            "trains": bool(owned)}
+            "trains": bool(owned), "running_mean_difference": max(running_means, default=0.0)}
 
 
 def _worker(rank: int, world: int, port: int, combos: list[Combo], out: str) -> None:
@@ -241,7 +248,8 @@ def run_distributed(combos: list[Combo]) -> dict[Combo, dict[str, Any]]:
         parts = [rank[combo.id] for rank in ranks]
         merged[combo] = {"difference": max(p["difference"] for p in parts), "losses": [l for p in parts for l in p["losses"]],
                          "moved": all(p["moved"] for p in parts if p["trains"]), "frozen_kept": all(p["frozen_kept"] for p in parts),
-                         "trains": any(p["trains"] for p in parts)}
+                         "trains": any(p["trains"] for p in parts),
+                         "running_mean_difference": max(p["running_mean_difference"] for p in parts)}
     return merged
 
 

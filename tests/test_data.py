@@ -141,12 +141,20 @@ def test_truncated_file_is_a_data_error(tmp_path):
 
 
 def test_digits_is_offline_and_split_deterministically():
+    from sklearn.datasets import load_digits
+
     a = load_image_dataset(DataConfig(name="digits"))
     b = load_image_dataset(DataConfig(name="digits"))
     assert (len(a.train), len(a.test), a.in_shape, a.num_classes) == (1437, 360, (1, 8, 8), 10)
     assert torch.equal(a.test.images, b.test.images)
-    assert a.train.images.max() == 255  # 0..16 rescaled to 0..255
-    assert torch.bincount(a.test.labels).min() >= 35  # stratified
+    # the split is a partition of scikit-learn's 1,797 digits, 0..16 rescaled to 0..255, each with its label
+    bunch = load_digits()
+    expected = torch.cat([torch.from_numpy(bunch.images * 255 / 16).round().flatten(1), torch.from_numpy(bunch.target)[:, None]], 1)
+    split = torch.cat([torch.cat([s.images.flatten(1).double(), s.labels[:, None].double()], 1) for s in (a.train, a.test)])
+    assert torch.equal(split.unique(dim=0), expected.double().unique(dim=0)) and len(split) == len(expected)
+    # stratified: each class holds its 20% share of the test set, up to rounding
+    share = 0.2 * torch.bincount(torch.from_numpy(bunch.target))
+    assert ((torch.bincount(a.test.labels) - share).abs() <= 1).all()
 
 
 def test_subsets_are_stratified_by_class_and_fixed():
@@ -156,6 +164,9 @@ def test_subsets_are_stratified_by_class_and_fixed():
     assert torch.bincount(part.train.labels, minlength=10).tolist() == [10] * 10  # digits are balanced: 10 each
     again = load_image_dataset(DataConfig(name="digits", train_subset=100, test_subset=7))
     assert torch.equal(part.train.images, again.train.images)
+    # 100 distinct samples of the full training split, each with its label (no test sample leaks in)
+    rows = lambda s: {(tuple(x.flatten().tolist()), int(y)) for x, y in zip(s.images, s.labels)}  # noqa: E731
+    assert len(rows(part.train)) == 100 and rows(part.train) <= rows(full.train) and rows(part.test) <= rows(full.test)
 
 
 def test_stratified_indices_on_sorted_and_unbalanced_labels():
@@ -216,8 +227,8 @@ def test_image_folder_relative_path_and_layout_errors(tmp_path):
 def test_data_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPSMM_DATA", str(tmp_path))
     assert resolve_data_root(None) == tmp_path
-    assert resolve_data_root("/elsewhere") == resolve_data_root("/elsewhere")
-    assert str(resolve_data_root("/elsewhere")) == "/elsewhere"
+    assert str(resolve_data_root("/elsewhere")) == "/elsewhere"  # a given root beats the variable
+    assert resolve_data_root("~/x") == Path.home() / "x"
     monkeypatch.delenv("CAPSMM_DATA")
     assert str(resolve_data_root(None)) == "data"
 

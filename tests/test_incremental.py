@@ -8,7 +8,11 @@ import statistics
 import pytest
 import torch
 
+import capsmm.incremental
 from capsmm import build_model
+from capsmm.checkpoint import load_checkpoint
+from capsmm.config import DataConfig, build_runs
+from capsmm.data import load_image_dataset
 from capsmm.incremental import IncrementalConfig, incremental_metrics, task_classes
 from conftest import ROOT, load_script
 
@@ -64,3 +68,36 @@ def test_the_script_prints_what_its_saved_accuracies_give(tmp_path, monkeypatch,
     saved = {p: p.read_text() for p in (tmp_path / "runs").rglob("results.json")}
     assert train_incremental.main(["--config", str(ROOT / "configs" / "incremental_digits.yaml"), "--epochs", "3", "--no-progress"]) == 0
     assert {p: p.read_text() for p in (tmp_path / "runs").rglob("results.json")} == saved
+
+
+def test_freeze_prototypes_freeze_blocks_and_replay_each_do_what_they_say(tmp_path, monkeypatch):
+    """Two tasks of 5 digits: after the second, the first task's prototypes (no weight decay here)
+    and the first block are the first task's, and the second task trained on 3 replayed samples of
+    each old class besides its own."""
+    trained_on = []
+
+    class RecordingLoader(capsmm.incremental.BatchLoader):
+        def __init__(self, split, *args, shuffle=False, **kwargs):
+            if shuffle:
+                trained_on.append(split)
+            super().__init__(split, *args, shuffle=shuffle, **kwargs)
+
+    monkeypatch.setattr(capsmm.incremental, "BatchLoader", RecordingLoader)
+    overrides = {"data.name": "digits", "model.backbone": "mlp", "model.hidden": 32, "model.pattern_width": 16, "train.mode": "caps",
+                 "train.epochs": 1, "train.batch_size": 64, "train.weight_decay": 0.0, "train.progress": False, "train.device": "cpu",
+                 "incremental.tasks": 2, "incremental.replay": 3, "incremental.freeze_prototypes": True, "incremental.freeze_blocks": 1,
+                 "out": str(tmp_path)}
+    [config] = build_runs(None, list(overrides.items()), capsmm.incremental.IncrementalRunConfig)
+    capsmm.incremental.run_incremental(config, log=lambda _: None)
+    first, second = (load_checkpoint(next(tmp_path.rglob(f"task-{t}/checkpoint.safetensors")))["model"] for t in range(2))
+    chunks = [k for k in first if k.startswith("head.chunks.")]
+    assert chunks and all(torch.equal(first[k][:5], second[k][:5]) and not torch.equal(first[k][5:], second[k][5:]) for k in chunks)
+    block = lambda k: k.split(".blocks.")[1].split(".")[0] if ".blocks." in k else None  # noqa: E731
+    assert [k for k in first if block(k) == "0"] and all(torch.equal(first[k], second[k]) for k in first if block(k) == "0")
+    assert any(not torch.equal(first[k], second[k]) for k in first if block(k) == "1")
+    # replay: task 1 saw all of its classes' training samples and 3 of each old class, all real training samples
+    digits = load_image_dataset(DataConfig(name="digits")).train
+    counts = torch.bincount(digits.labels, minlength=10)
+    assert torch.bincount(trained_on[1].labels, minlength=10).tolist() == [3] * 5 + counts[5:].tolist()
+    rows = {(tuple(x.flatten().tolist()), int(y)) for x, y in zip(digits.images, digits.labels)}
+    assert all((tuple(x.flatten().tolist()), int(y)) in rows for x, y in zip(trained_on[1].inputs, trained_on[1].labels))
