@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capsmm import CAPEncoder, CAPModel, training_loss
+from capsmm import CAPEncoder, training_loss
 from capsmm.config import TrainConfig
 from capsmm.data import ModalSplit
 from capsmm.encoder import build_encoder, register_encoder
