@@ -63,3 +63,12 @@ def test_links_point_to_existing_files():
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_every_test_the_docs_name_exists():
+    """A claim that names its test (``tests/test_x.py::test_name``) points at a test that is there."""
+    named = {(file, name) for page in PAGES for file, name in re.findall(r"tests/(test_\w+\.py)::(test_\w+)", page.read_text())}
+    assert len(named) >= 10
+    missing = [f"{file}::{name}" for file, name in sorted(named)
+               if not (ROOT / "tests" / file).is_file() or f"def {name}(" not in (ROOT / "tests" / file).read_text()]
+    assert missing == []
