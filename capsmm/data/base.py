@@ -14,6 +14,7 @@ from torch import Tensor
 from ..config import DataConfig
 from ..errors import DataError
 from ..registry import Registry
+from ..streams import Purpose, stream
 
 if TYPE_CHECKING:
     from .batches import ModalSplit
@@ -30,10 +31,11 @@ def resolve_data_root(root: str | os.PathLike[str] | None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
-def stratified_indices(labels: Tensor, n: int | None) -> Tensor:
+def stratified_indices(labels: Tensor, n: int | None, generator: torch.Generator) -> Tensor:
     """``n`` indices into ``labels`` (all of them when ``n`` is None or too large), each class taking its
     share of ``n`` in proportion to its size (largest remainders; every class at least one when ``n``
-    allows), chosen at random within the class by a fixed seed, in their original order.
+    allows), chosen at random within the class by ``generator`` (a :func:`~capsmm.streams.stream` of
+    the run's seed), in their original order.
 
     Subsets for quick runs and diagnostics are taken this way, never as "the first N": data sets
     sorted by class (an ImageFolder, an audio folder) would otherwise lose whole classes.
@@ -53,7 +55,6 @@ def stratified_indices(labels: Tensor, n: int | None) -> Tensor:
             shares[index] += 1
     while shares.sum() > n:  # the minimum of one per class may overshoot: trim the largest shares
         shares[shares.argmax()] -= 1
-    generator = torch.Generator().manual_seed(0)
     chosen = []
     for cls, share in zip(classes.tolist(), shares.tolist()):
         members = (labels == cls).nonzero().flatten()
@@ -78,9 +79,9 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def sample(self, n: int | None) -> "ImageSet":
+    def sample(self, n: int | None, generator: torch.Generator) -> "ImageSet":
         """``n`` samples stratified by class (:func:`stratified_indices`; all when ``n`` is None)."""
-        index = stratified_indices(self.labels, n)
+        index = stratified_indices(self.labels, n, generator)
         return ImageSet(self.images[index], self.labels[index])
 
 
@@ -106,8 +107,10 @@ class ImageDataset:
         pixels = self.train.images.transpose(0, 1).reshape(self.train.images.shape[1], -1).float() / 255
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
 
-    def subset(self, train: int | None, test: int | None) -> "ImageDataset":
-        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
+    def subset(self, train: int | None, test: int | None, seed: int) -> "ImageDataset":
+        """The stratified subsets of ``seed`` (:class:`~capsmm.streams.Purpose` ``TRAIN_SUBSET``, ``TEST_SUBSET``)."""
+        return replace(self, train=self.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
+                       test=self.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
 
     def modal_splits(self, config: DataConfig) -> tuple["ModalSplit", "ModalSplit"]:
         """(train, test) as model inputs: standardised with the training set's channel statistics,
@@ -129,14 +132,15 @@ AUDIO_DATASETS: Registry[Callable[[Any, Path], Any]] = Registry("audio dataset")
 DATASETS_BY_MODALITY: dict[str, Registry[Any]] = {"image": DATASETS, "audio": AUDIO_DATASETS}
 
 
-def load_dataset(modality: str, config: Any) -> Any:
-    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked for."""
+def load_dataset(modality: str, config: Any, seed: int = 0) -> Any:
+    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked
+    for, drawn by the run's ``seed`` (``train.seed``)."""
     dataset = DATASETS_BY_MODALITY[modality].get(config.name)(config, resolve_data_root(config.root))
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"{modality} data set '{config.name}' has an empty train or test split")
-    return dataset.subset(config.train_subset, config.test_subset)
+    return dataset.subset(config.train_subset, config.test_subset, seed)
 
 
-def load_image_dataset(config: DataConfig) -> ImageDataset:
+def load_image_dataset(config: DataConfig, seed: int = 0) -> ImageDataset:
     """Load an image data set (see :func:`load_dataset`)."""
-    return load_dataset("image", config)
+    return load_dataset("image", config, seed)
