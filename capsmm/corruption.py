@@ -1,8 +1,9 @@
 """Test-time corruption of one modality: what a joint prediction does when a modality carries nothing
 (noise, silence or a blank image, a signal of another kind), against the clean modalities alone.
 
-Corruptions are deterministic (seeded) and keep each sample's label, so the joint error with a
-corrupted modality compares directly with the error of the other modalities alone.
+Corruptions are deterministic (a stream of the run's seed per variant) and keep each sample's label,
+so the joint error with a corrupted modality compares directly with the error of the other
+modalities alone.
 
 | stored inputs | corruptions |
 |---|---|
@@ -19,8 +20,7 @@ import torch
 from torch import Tensor
 
 from .data import ModalSplit
-
-SEED = 12_345
+from .streams import Purpose, stream
 
 
 def _median_rms(waves: Tensor) -> Tensor:
@@ -54,12 +54,13 @@ def corruptions_for(inputs: Tensor) -> dict[str, Callable[[Tensor, torch.Generat
     return {"noise": _noise}
 
 
-def corrupted_splits(test: dict[str, ModalSplit]) -> dict[str, dict[str, ModalSplit]]:
-    """``"audio=noise"`` -> the test splits with that modality corrupted (the others clean)."""
+def corrupted_splits(test: dict[str, ModalSplit], seed: int) -> dict[str, dict[str, ModalSplit]]:
+    """``"audio=noise"`` -> the test splits with that modality corrupted (the others clean), each
+    variant drawn by its own stream of ``seed``."""
     variants = {}
     for name, split in test.items():
         for kind, corrupt in corruptions_for(split.inputs).items():
-            generator = torch.Generator().manual_seed(SEED)
+            generator = stream(seed, Purpose.CORRUPTION, len(variants))
             corrupted = ModalSplit(corrupt(split.inputs.cpu(), generator).to(split.inputs.device), split.labels, split.prepare)
             variants[f"{name}={kind}"] = {**test, name: corrupted}
     return variants

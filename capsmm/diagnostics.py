@@ -25,6 +25,7 @@ from .model import CAPModel
 from .objectives import training_loss
 from .prototypes import PrototypeHead
 from .readout import CAPReadout
+from .streams import Purpose, stream_seed
 
 
 def class_means(patterns: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -119,7 +120,7 @@ def gradient_consistency(model: CAPModel, inputs: Tensor | dict[str, Tensor], la
     try:
         with torch.random.fork_rng(devices=[labels.device] if labels.device.type == "cuda" else []), batchnorm_stats_frozen(model):
             for variant in ("caps", "caps-full"):
-                torch.manual_seed(0)
+                torch.manual_seed(stream_seed(0, Purpose.GRADIENT_CHECK))
                 model.set_mode(variant)
                 model.zero_grad(set_to_none=True)
                 training_loss(model(inputs), labels).backward()

@@ -43,6 +43,7 @@ from .model import CAPModel
 from .modes import CAP_FAMILIES, ModeSchedule, mode_spec
 from .training import describe_parameters, launched, model_from_config, seeded_model
 from .strategies import build_strategy
+from .streams import Purpose, stream, stream_seed
 from .trainer import CHECKPOINT, RESULTS, Trainer
 
 
@@ -96,10 +97,10 @@ def of_classes(split: ImageSet, classes: Sequence[int]) -> ImageSet:
     return ImageSet(split.images[keep], split.labels[keep])
 
 
-def replay_memory(split: ImageSet, classes: Sequence[int], per_class: int) -> ImageSet:
-    """``per_class`` training samples of each of ``classes``, stratified, fixed."""
+def replay_memory(split: ImageSet, classes: Sequence[int], per_class: int, generator: torch.Generator) -> ImageSet:
+    """``per_class`` training samples of each of ``classes``, stratified, drawn by ``generator``."""
     part = of_classes(split, classes)
-    index = stratified_indices(part.labels, per_class * len(classes))
+    index = stratified_indices(part.labels, per_class * len(classes), generator)
     return ImageSet(part.images[index], part.labels[index])
 
 
@@ -140,7 +141,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
     with launched(config.train) as (context, device):
         if context.enabled:
             raise ConfigError("class-incremental runs train in one process (no torchrun)")
-        data = load_image_dataset(config.data)
+        data = load_image_dataset(config.data, config.train.seed)
         tasks = task_classes(data.num_classes, config.incremental)
         model = seeded_model(lambda: model_from_config(config, data.num_classes, data.in_shape), config.train.seed, context)
         log(f"{config.data.name}: {len(tasks)} task(s) of classes {tasks} | {config.model.backbone} | mode {config.train.mode} | "
@@ -171,7 +172,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
             if held:
                 hooks = freeze_prototypes(model, strategy.optimizer, held)
             train_loader = BatchLoader(image_split(train_set, mean, std, config.data.augment, config.data.crop_padding, config.data.cutout),
-                                       config.train.batch_size, device=device, shuffle=True, seed=config.train.seed + 7919 * t)
+                                       config.train.batch_size, device=device, shuffle=True, seed=stream_seed(config.train.seed, Purpose.TASK, t))
             test_loader = BatchLoader(image_split(of_classes(data.test, seen), mean, std), config.train.eval_batch_size, device=device)
             task_dir = out / f"task-{t}"
             run_config = config.to_dict() | {"task": {"index": t, "classes": classes, "seen": list(seen)}}
@@ -189,7 +190,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
             log(f"after task {t} (classes {classes}): accuracy on the {len(seen)} seen classes {seen_accuracy[-1]:.2%}; per task "
                 + " ".join(f"{a:.2%}" for a in accuracy[-1][:t + 1]))
             if config.incremental.replay:
-                memory.append(replay_memory(data.train, classes, config.incremental.replay))
+                memory.append(replay_memory(data.train, classes, config.incremental.replay, stream(config.train.seed, Purpose.REPLAY, t)))
         results = tidy({"dataset": config.data.name, "backbone": config.model.backbone, "mode": config.train.mode, "tasks": tasks,
                         "accuracy": accuracy, **incremental_metrics(accuracy, seen_accuracy), "test_error": 1 - seen_accuracy[-1],
                         "epochs": config.train.epochs, "wall_seconds": wall_seconds}) | {"config": config.to_dict()}

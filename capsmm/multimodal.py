@@ -32,6 +32,7 @@ from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
 from .retrieval import class_profile, retrieval_metrics
 from .strategies import build_strategy
+from .streams import Purpose, stream
 from .trainer import CHECKPOINT, RESULTS, Trainer
 
 
@@ -174,7 +175,7 @@ class ModalityDropout:
         return len(self.loader)
 
     def epoch(self, epoch: int = 0):
-        generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+        generator = stream(self.seed, Purpose.MODALITY_DROPOUT, epoch)
         for inputs, labels in self.loader.epoch(epoch):
             if torch.rand((), generator=generator).item() < self.p:
                 names = sorted(inputs)
@@ -221,7 +222,7 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     train_loader, test_loader = multimodal_loaders(train, test, modality_dropout=modality_dropout, shard=strategy.batch_shard, **options)
     pairs = lambda parts: multimodal_loaders(parts, parts, **options)[1]  # noqa: E731 - fixed pairs, unsharded
     whole_test = pairs(test)  # the evaluators read every test pair on rank 0
-    corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test).items()} if len(modalities) > 1 else {}
+    corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test, train_config.seed).items()} if len(modalities) > 1 else {}
     evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities, corrupted)]
     before_evaluation = []
     if isinstance(model, CAPModel) and model.gate is not None and gate:
@@ -230,7 +231,8 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
         before_evaluation.append(lambda m: calibrate_gate(m, clean_train))
     diagnostics = None
     if isinstance(model, CAPModel):
-        diagnostic_loader = BatchLoader({n: s.sample(train_config.diagnostics_samples) for n, s in test.items()},
+        samples = lambda split: split.sample(train_config.diagnostics_samples, stream(train_config.seed, Purpose.DIAGNOSTICS))  # noqa: E731
+        diagnostic_loader = BatchLoader({n: samples(s) for n, s in test.items()},  # the same draw for every modality: row pairs stay pairs
                                         train_config.diagnostics_samples, device=device, seed=train_config.seed,
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))

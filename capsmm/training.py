@@ -17,6 +17,7 @@ from .profiling import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule
 from .strategies import build_strategy
+from .streams import Purpose, stream, stream_seed
 from .trainer import Trainer
 
 
@@ -64,10 +65,10 @@ def launched(train: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
 
 def seeded_model(build: Callable[[], nn.Module], seed: int, context: DistContext) -> nn.Module:
     """``build()`` under ``seed`` (the same initial model on every rank); afterwards the global RNG
-    is seeded per rank, so that ranks draw different dropout masks."""
-    torch.manual_seed(seed)
+    is seeded per rank, so that ranks draw different dropout masks (:mod:`capsmm.streams`)."""
+    torch.manual_seed(stream_seed(seed, Purpose.INIT))
     model = build()
-    torch.manual_seed(seed + 1_000 * context.rank)
+    torch.manual_seed(stream_seed(seed, Purpose.DROPOUT, context.rank))
     return model
 
 
@@ -82,7 +83,7 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
     """
     config.validate()
     with launched(config.train) as (context, device):
-        data = load_image_dataset(config.data)
+        data = load_image_dataset(config.data, config.train.seed)
         model = seeded_model(lambda: model_from_config(config, data.num_classes, data.in_shape), config.train.seed, context)
         strategy = build_strategy(model, config.train, device, context)
         out_dir = config.out_dir()
@@ -98,7 +99,8 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
         train_split, test_split = data.modal_splits(config.data)
         train_loader = BatchLoader(train_split, train.batch_size, device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(test_split, train.eval_batch_size, device=device, shard=shard)
-        diagnostics = BatchLoader(image_split(data.test.sample(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
+        diagnostics = BatchLoader(image_split(data.test.sample(train.diagnostics_samples, stream(train.seed, Purpose.DIAGNOSTICS)), mean, std),
+                                  train.diagnostics_samples, device=device)
         trainer = Trainer(
             strategy, train_loader, test_loader, out_dir,
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},

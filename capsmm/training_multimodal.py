@@ -23,7 +23,7 @@ def load_modalities(config: MultimodalRun) -> dict[str, tuple[ModalSplit, ModalS
     parts = {}
     for modality in config.multimodal.modalities:
         section = getattr(config, modality)
-        data = load_dataset(modality, section)
+        data = load_dataset(modality, section, config.train.seed)
         parts[modality] = (*data.modal_splits(section), data.in_shape, data.classes)
     counts = {name: len(part[3]) for name, part in parts.items()}
     if len(set(counts.values())) > 1:

@@ -22,10 +22,11 @@ def resolve_data_root(root: str | os.PathLike[str] | None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
-def stratified_indices(labels: Tensor, n: int | None) -> Tensor:
+def stratified_indices(labels: Tensor, n: int | None, generator: torch.Generator) -> Tensor:
     """``n`` indices into ``labels`` (all of them when ``n`` is None or too large), each class taking its
     share of ``n`` in proportion to its size (largest remainders; every class at least one when ``n``
-    allows), chosen at random within the class by a fixed seed, in their original order.
+    allows), chosen at random within the class by ``generator`` (a :func:`~capsmm.streams.stream` of
+    the run's seed), in their original order.
 
     Subsets for quick runs and diagnostics are taken this way, never as "the first N": data sets
     sorted by class (an ImageFolder, an audio folder) would otherwise lose whole classes.
@@ -45,7 +46,6 @@ def stratified_indices(labels: Tensor, n: int | None) -> Tensor:
             shares[index] += 1
     while shares.sum() > n:  # the minimum of one per class may overshoot: trim the largest shares
         shares[shares.argmax()] -= 1
-    generator = torch.Generator().manual_seed(0)
     chosen = []
     for cls, share in zip(classes.tolist(), shares.tolist()):
         members = (labels == cls).nonzero().flatten()
@@ -70,7 +70,7 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def sample(self, n: int | None) -> "ImageSet":
+    def sample(self, n: int | None, generator: torch.Generator) -> "ImageSet":
         """``n`` samples stratified by class (:func:`stratified_indices`; all when ``n`` is None)."""
-        index = stratified_indices(self.labels, n)
+        index = stratified_indices(self.labels, n, generator)
         return ImageSet(self.images[index], self.labels[index])

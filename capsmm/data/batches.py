@@ -10,6 +10,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..errors import DataError
+from ..streams import Purpose, stream
 from .base import ImageSet, stratified_indices
 
 
@@ -78,9 +79,9 @@ class ModalSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def sample(self, n: int | None) -> "ModalSplit":
+    def sample(self, n: int | None, generator: torch.Generator) -> "ModalSplit":
         """``n`` samples stratified by class (:func:`~capsmm.data.stratified_indices`)."""
-        index = stratified_indices(self.labels, n)
+        index = stratified_indices(self.labels, n, generator)
         return ModalSplit(self.inputs[index], self.labels[index], self.prepare, self.augment)
 
 
@@ -124,8 +125,9 @@ class BatchLoader:
     samples and labels, and every other modality is *paired* by class: each anchor sample gets a
     random same-class partner, redrawn every epoch when ``repair`` (training) and fixed otherwise;
     with ``row_pairing`` sample i goes with sample i (data sets that hold both modalities per row).
-    The order and the pairing of epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees
-    the same batches. When shuffling, a trailing batch of one sample is dropped (batch norm needs two).
+    The order, the pairing and the augmentation of epoch ``e`` are three streams of ``(seed, e)``
+    (:mod:`capsmm.streams`), so a resumed run sees the same batches. When shuffling, a trailing
+    batch of one sample is dropped (batch norm needs two).
     With ``shard=(rank, world)`` each rank of a data-parallel run takes its share of every global batch.
     """
 
@@ -156,7 +158,7 @@ class BatchLoader:
         self.row_pairing = row_pairing
         self.rank, self.world = shard
         self.repair = repair and not row_pairing
-        self._fixed_partners = None if self.repair else self._partners(torch.Generator().manual_seed(seed * 1_000_003 + 999_983))
+        self._fixed_partners = None if self.repair else self._partners(stream(seed, Purpose.FIXED_PAIRING))
 
     def _partners(self, generator: torch.Generator) -> dict[str, Tensor]:
         anchor_labels = self.parts[self.anchor].labels
@@ -195,10 +197,11 @@ class BatchLoader:
         return index if len(index) else None
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor | dict[str, Tensor], Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.labels)
-        order = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)).to(self.labels.device)
-        partners = self._partners(generator) if self.repair else self._fixed_partners
+        order = (torch.randperm(n, generator=stream(self.seed, Purpose.BATCH_ORDER, epoch)) if self.shuffle
+                 else torch.arange(n)).to(self.labels.device)
+        partners = self._partners(stream(self.seed, Purpose.PAIRING, epoch)) if self.repair else self._fixed_partners
+        augmentation = stream(self.seed, Purpose.AUGMENTATION, epoch)
         for start in range(0, n, self.batch_size):
             index = self._local(order[start:start + self.batch_size])
             if index is None:
@@ -210,7 +213,7 @@ class BatchLoader:
                 rows = index if name == self.anchor else partners[name][index]
                 stored = self.inputs[name][rows]
                 if part.augment is not None:
-                    stored = part.augment(stored, generator)
+                    stored = part.augment(stored, augmentation)
                 batch[name] = part.prepare(stored)
             yield (batch["input"] if self.single else batch), self.labels[index]
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..errors import DataError
 from ..registry import Registry
+from ..streams import Purpose, stream
 from .base import ImageSet, resolve_data_root
 from .batches import ModalSplit, image_split
 
@@ -61,8 +62,10 @@ class ImageDataset:
         pixels = self.train.images.transpose(0, 1).reshape(self.train.images.shape[1], -1).float() / 255
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
 
-    def subset(self, train: int | None, test: int | None) -> "ImageDataset":
-        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
+    def subset(self, train: int | None, test: int | None, seed: int) -> "ImageDataset":
+        """The stratified subsets of ``seed`` (:class:`~capsmm.streams.Purpose` ``TRAIN_SUBSET``, ``TEST_SUBSET``)."""
+        return replace(self, train=self.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
+                       test=self.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
 
     def modal_splits(self, config: ImageDataSection) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: standardised with the training set's channel statistics,
@@ -87,14 +90,15 @@ def dataset_registry(modality: str) -> Registry[Any]:
     return DATASETS_BY_MODALITY.setdefault(modality, Registry(f"{modality} dataset"))
 
 
-def load_dataset(modality: str, config: DataSection) -> Any:
-    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked for."""
+def load_dataset(modality: str, config: DataSection, seed: int = 0) -> Any:
+    """Load ``config.name`` of ``modality`` from the data root, then keep the train/test subsets asked
+    for, drawn by the run's ``seed`` (``train.seed``)."""
     dataset = DATASETS_BY_MODALITY[modality].get(config.name)(config, resolve_data_root(config.root))
     if len(dataset.train) == 0 or len(dataset.test) == 0:
         raise DataError(f"{modality} data set '{config.name}' has an empty train or test split")
-    return dataset.subset(config.train_subset, config.test_subset)
+    return dataset.subset(config.train_subset, config.test_subset, seed)
 
 
-def load_image_dataset(config: ImageDataSection) -> ImageDataset:
+def load_image_dataset(config: ImageDataSection, seed: int = 0) -> ImageDataset:
     """Load an image data set (see :func:`load_dataset`)."""
-    return load_dataset("image", config)
+    return load_dataset("image", config, seed)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from capsmm.data import ModalSplit, load_dataset, stratified_indices
 from capsmm.errors import DataError
+from capsmm.streams import Purpose, stream
 from capsmm.optional import require
 
 from .augment import waveform_augmentation
@@ -36,9 +37,9 @@ class AudioSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def sample(self, n: int | None) -> "AudioSet":
+    def sample(self, n: int | None, generator: torch.Generator) -> "AudioSet":
         """``n`` clips stratified by class (:func:`capsmm.data.stratified_indices`; all when ``n`` is None)."""
-        index = stratified_indices(self.labels, n)
+        index = stratified_indices(self.labels, n, generator)
         return AudioSet(self.waves[index], self.labels[index], [self.speakers[i] for i in index.tolist()] if self.speakers else [])
 
 
@@ -58,8 +59,10 @@ class AudioDataset:
     def in_shape(self) -> tuple[int]:
         return (self.train.waves.shape[1],)
 
-    def subset(self, train: int | None, test: int | None) -> "AudioDataset":
-        return replace(self, train=self.train.sample(train), test=self.test.sample(test))
+    def subset(self, train: int | None, test: int | None, seed: int) -> "AudioDataset":
+        """The stratified subsets of ``seed`` (as :meth:`capsmm.data.ImageDataset.subset`)."""
+        return replace(self, train=self.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
+                       test=self.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
 
     def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: the waveforms (the encoder computes its features), training
@@ -169,6 +172,6 @@ def load_audiofolder(config: AudioDataConfig, root: Path) -> AudioDataset:
     return AudioDataset("audiofolder", sets["train"], sets["test"], classes["train"], config.sample_rate)
 
 
-def load_audio_dataset(config: AudioDataConfig) -> AudioDataset:
-    """Load ``config.name`` from the data root, then keep the train/test clips asked for."""
-    return load_dataset("audio", config)
+def load_audio_dataset(config: AudioDataConfig, seed: int = 0) -> AudioDataset:
+    """Load ``config.name`` from the data root, then keep the train/test clips asked for (drawn by ``seed``)."""
+    return load_dataset("audio", config, seed)
