@@ -13,7 +13,8 @@ from capsmm.errors import CheckpointError, DataError
 from capsmm.incremental import IncrementalRunConfig, run_incremental
 from capsmm.reporting import paired_differences, paper_table, record_of, summary_table
 from capsmm.run_records import varying_keys
-from capsmm.training import model_from_config
+from capsmm.distributed import DistContext
+from capsmm.training import model_from_config, seeded_model
 from conftest import load_script
 
 
@@ -28,8 +29,8 @@ def test_frozen_prototypes_stay_bit_identical_under_weight_decay(tmp_path):
     old, new = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
     assert torch.equal(after[old], before[old])
     assert not torch.equal(after[new], before[new])
-    torch.manual_seed(config.train.seed)  # the initial model, as run_incremental builds it
-    initial = model_from_config(config, num_classes=10, in_shape=(1, 8, 8)).head.chunks[0].detach()
+    initial = seeded_model(lambda: model_from_config(config, num_classes=10, in_shape=(1, 8, 8)), config.train.seed,
+                           DistContext()).head.chunks[0].detach()  # the initial model, as run_incremental builds it
     assert torch.equal(before[new], initial[new])  # the classes of task 1 untouched by task 0 (docs/incremental.md)
     assert not torch.equal(before[old], initial[old])
 
