@@ -167,20 +167,35 @@ class Trainer:
                 loss_sum += loss * len(labels)
                 wrong += (logits.argmax(1) != labels).sum()
                 seen += len(labels)
-            if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
-                raise TrainingError(
-                    f"the loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step + 1}); "
-                    f"the last good checkpoint is epoch {epoch} in {self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
-                )
+            if (step + 1) % check_every == 0:
+                self._stop_unless_finite(self._summed(loss_sum), epoch, f" (by step {step + 1})")
             if bar.disable is False and step % 20 == 0 and seen:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}")  # the running mean over the epoch so far
             if self.board is not None and loss is not None and (step + 1) % check_every == 0:
                 self.board.step(epoch * len(self.train_loader) + step, loss.item())
-        if not torch.isfinite(loss_sum):
-            raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
         count = torch.tensor(seen, device=self.device)
         all_reduce_sum(self.dist, loss_sum, wrong, count)
+        self._stop_unless_finite(loss_sum, epoch)
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
+
+    def _summed(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """The loss so far summed over the ranks (one scalar all-reduce; ``loss_sum`` itself when
+        not distributed), so that every rank sees a non-finite loss of any rank's batch."""
+        if not self.dist.enabled:
+            return loss_sum
+        total = loss_sum.detach().clone()
+        all_reduce_sum(self.dist, total)
+        return total
+
+    def _stop_unless_finite(self, total: torch.Tensor, epoch: int, where: str = "") -> None:
+        """Raise one-line :class:`TrainingError` if ``total``, the loss summed over all ranks, is not
+        finite. Every rank checks the same sum at the same step, so all of them stop together with
+        the same line instead of the others waiting ``train.dist_timeout`` for the one that stopped."""
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"the loss became {total.item()} in epoch {epoch + 1}{where}; the last good checkpoint is epoch {epoch} in "
+                f"{self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
+            )
 
     @torch.no_grad()
     def evaluate(self) -> float:

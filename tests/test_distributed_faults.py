@@ -1,5 +1,6 @@
 """Distributed runs that fail (gloo on CPU): a lost peer is told from a bug by torch's and gloo's own
-errors, and leaves its traceback in the run folder."""
+errors, and leaves its traceback in the run folder; a non-finite loss on one rank stops every rank
+at the same step."""
 
 import os
 import re
@@ -68,3 +69,43 @@ def test_a_bug_in_a_distributed_run_surfaces_as_itself_with_its_traceback_in_the
         assert torch.load(tmp_path / f"rank{rank}.pt") == {"raised": "RuntimeError", "message": BUG}
         [log] = tmp_path.glob(f"capsmm-error-rank{rank}-*.log")
         assert "Traceback" in log.read_text() and BUG in log.read_text()
+
+
+# ---------------------------------------------------------------------------- 5: a non-finite loss on one rank
+
+def nan_worker(rank, port, out_dir):
+    """A data-parallel run whose rank 1 gets a NaN loss at its third step (rank 0's batches are fine)."""
+    from capsmm.config import build_runs
+    from capsmm.errors import TrainingError
+    from capsmm.run import train
+    from capsmm.strategies import plain
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if rank == 1:
+        original, calls = plain.training_loss, []
+
+        def poisoned(output, targets):
+            calls.append(1)
+            return original(output, targets) * (float("nan") if len(calls) == 3 else 1.0)
+
+        plain.training_loss = poisoned
+    overrides = [("data.name", "digits"), ("train.batch_size", 64), ("data.train_subset", 256), ("data.test_subset", 100),
+                 ("train.device", "cpu"), ("model.hidden", 64), ("train.progress", False), ("train.epochs", 1),
+                 ("train.dist_timeout", 30.0), ("out", str(out_dir / "run"))]
+    [config] = build_runs(None, overrides)
+    try:
+        train(config, log=lambda _: None)
+        seen = {"raised": None}
+    except TrainingError as error:
+        seen = {"raised": type(error).__name__, "message": str(error)}
+    torch.save({**seen, "at": time.time()}, out_dir / f"rank{rank}.pt")
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step_with_one_line(tmp_path):
+    mp.spawn(nan_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["raised"] == ranks[1]["raised"] == "TrainingError", ranks
+    assert ranks[0]["message"] == ranks[1]["message"]
+    assert "loss became nan in epoch 1 (by step 3)" in ranks[0]["message"] and "\n" not in ranks[0]["message"]
+    assert abs(ranks[0]["at"] - ranks[1]["at"]) < 10, "the other rank waited for train.dist_timeout (30 s)"
