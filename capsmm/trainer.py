@@ -132,14 +132,31 @@ class Trainer:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
+        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that wrote it
+        self._check_ranks(len(states), saved)
         self.strategy.load_state_dict(state)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        set_rng_state(states[self.dist.rank % len(states)])
+        set_rng_state(states[self.dist.rank])
         self.history = list(state["history"])
         self.wall_seconds = float(state["wall_seconds"])
         self._rewrite_metrics()
         return int(state["epoch"])
+
+    def _check_ranks(self, written_by: int, saved: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint that ``written_by`` ranks wrote when this run has another
+        number: each rank's RNG stream and share of every batch (and, block-parallel, its blocks and
+        their optimiser state) belong to its rank, so only the same number of ranks resumes exactly."""
+        if written_by == self.dist.world:
+            return
+
+        def ranks(n: int) -> str:
+            return "1 process" if n == 1 else f"{n} ranks"
+
+        written = ranks(written_by) + (f" (train.parallel={saved.get('train.parallel')})" if written_by > 1 else "")
+        how = (f"torchrun --nproc_per_node {written_by} with the same arguments and --resume" if written_by > 1
+               else "the same command without torchrun, with --resume")
+        raise CheckpointError(f"cannot resume {self.checkpoint_path}: it was written by {written}, this run has {ranks(self.dist.world)}; "
+                              f"resume it with the same number of ranks: {how}")
 
     def _rewrite_metrics(self) -> None:
         """Make metrics.jsonl hold exactly the checkpointed epochs (drop lines of an interrupted epoch)."""
