@@ -7,19 +7,14 @@ wrong and the valid choices; no traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 
-from . import __version__
 from .config import build_runs, describe_keys, parse_assignment
+from .crash import crash_log
 from .errors import CapsmmError, TrainingError
 
 
@@ -131,18 +126,6 @@ def runs_from_args(args: argparse.Namespace, flags: dict[str, tuple[tuple[str, .
     for run in runs:
         run.validate()
     return runs
-
-
-def crash_log(error: BaseException) -> Path:
-    """Write the traceback of an unexpected ``error`` to a new log file; returns its path."""
-    folder = Path(os.environ.get("CAPSMM_LOG_DIR") or tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f"capsmm-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"capsmm {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}\n")
-        handle.write(f"command: {' '.join(sys.argv)}\n\n")
-        handle.write("".join(traceback.format_exception(error)))
-    return Path(name)
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

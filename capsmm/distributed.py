@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -160,27 +161,44 @@ def barrier(context: DistContext) -> None:
         communicate(dist.barrier)
 
 
-PEER_FAILURE_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer")
+#: what gloo raises, as a plain RuntimeError, when a peer dies or a collective times out: an
+#: ``IoException`` of its transport, whose message starts with the source file that raised it
+#: ("[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer ...", "[.../unbound_buffer.cc:78]
+#: Timed out waiting 300000ms for recv operation to complete"), or the notice that a timed-out
+#: rank's other collectives get ("Application timeout caused pair closure"); tests/test_distributed.py
+#: kills and silences a real gloo peer to check that these are the messages
+GLOO_PEER_FAILURE = re.compile(r"^\[[^\]]*gloo[\\/]transport[\\/]|^Application timeout caused pair closure")
+
+
+class PeerFailure(TrainingError):
+    """Another rank died or stopped answering (the run can be resumed from its last checkpoint)."""
 
 
 def is_peer_failure(error: BaseException) -> bool:
-    """Whether ``error`` says another rank died or stopped answering (DDP raises plain RuntimeErrors)."""
-    return isinstance(error, dist.DistError) or (
-        isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in PEER_FAILURE_MARKERS))
+    """Whether ``error`` says another rank died or stopped answering: one of torch.distributed's own
+    error types (``DistError``: ``DistBackendError`` from NCCL, ``DistNetworkError``,
+    ``DistStoreError``), or gloo's transport failure, which reaches Python as a plain RuntimeError
+    (:data:`GLOO_PEER_FAILURE`). Matched by type and by gloo's own wording only, so that a bug
+    whose message merely mentions a timeout surfaces as itself."""
+    return isinstance(error, dist.DistError) or (type(error) is RuntimeError and bool(GLOO_PEER_FAILURE.search(str(error))))
 
 
-def peer_failure(error: BaseException, during: str) -> TrainingError:
+def peer_failure(error: BaseException, during: str) -> PeerFailure:
+    """The one-line :class:`PeerFailure` for a collective's ``error``, caused by it (its traceback,
+    the gloo or NCCL message included, goes into the run's crash log)."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     rank = dist.get_rank() if dist.is_initialized() else "?"
-    return TrainingError(f"rank {rank} lost its peers during {during} (another rank died or timed out: {text[:200]}); "
-                         "rerun the same command with --resume to continue from the last complete checkpoint")
+    failure = PeerFailure(f"rank {rank} lost its peers during {during} (another rank died or timed out: {text[:200]}); "
+                          "rerun the same command with --resume to continue from the last complete checkpoint")
+    failure.__cause__ = error
+    return failure
 
 
 def communicate(operation: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a collective; a dead or silent peer becomes one-line :class:`TrainingError`."""
+    """Run a collective; a dead or silent peer becomes one-line :class:`PeerFailure`."""
     try:
         return operation(*args, **kwargs)
-    except (RuntimeError, dist.DistError) as error:
+    except RuntimeError as error:  # DistError is a RuntimeError
         if not is_peer_failure(error):
             raise
-        raise peer_failure(error, getattr(operation, "__name__", "a collective")) from None
+        raise peer_failure(error, getattr(operation, "__name__", "a collective"))

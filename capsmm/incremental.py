@@ -138,7 +138,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
     write ``results.json`` with the accuracy matrix and the metrics in the run folder."""
     config.validate()
     out = config.out_dir()
-    with launched(config.train) as (context, device):
+    with launched(config.train, out) as (context, device):
         if context.enabled:
             raise ConfigError("class-incremental runs train in one process (no torchrun)")
         data = load_image_dataset(config.data, config.train.seed)

@@ -135,10 +135,11 @@ class Trainer:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
         self._check_schedule([record["mode"] for record in state["history"]], saved.get("train.epochs"))
+        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that wrote it
+        self._check_ranks(len(states), saved)
         self.strategy.load_state_dict(state)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        set_rng_state(states[self.dist.rank % len(states)])
+        set_rng_state(states[self.dist.rank])
         self.history = list(state["history"])
         self.wall_seconds = float(state["wall_seconds"])
         self._rewrite_metrics()
@@ -156,6 +157,21 @@ class Trainer:
                 f"fractions of the epochs, and epoch {epoch + 1}, trained as {trained[epoch]}, would be "
                 f"{self.schedule.mode_at(epoch, epochs)} in a run of {epochs} epochs; resume with train.epochs={saved_epochs}, "
                 "or train the new length in another folder (--out) or from scratch (--force)")
+    def _check_ranks(self, written_by: int, saved: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint that ``written_by`` ranks wrote when this run has another
+        number: each rank's RNG stream and share of every batch (and, block-parallel, its blocks and
+        their optimiser state) belong to its rank, so only the same number of ranks resumes exactly."""
+        if written_by == self.dist.world:
+            return
+
+        def ranks(n: int) -> str:
+            return "1 process" if n == 1 else f"{n} ranks"
+
+        written = ranks(written_by) + (f" (train.parallel={saved.get('train.parallel')})" if written_by > 1 else "")
+        how = (f"torchrun --nproc_per_node {written_by} with the same arguments and --resume" if written_by > 1
+               else "the same command without torchrun, with --resume")
+        raise CheckpointError(f"cannot resume {self.checkpoint_path}: it was written by {written}, this run has {ranks(self.dist.world)}; "
+                              f"resume it with the same number of ranks: {how}")
 
     def _rewrite_metrics(self) -> None:
         """Make metrics.jsonl hold exactly the checkpointed epochs (drop lines of an interrupted epoch)."""
@@ -183,21 +199,37 @@ class Trainer:
                 loss_sum += loss * len(labels)
                 wrong += (logits.argmax(1) != labels).sum()
                 seen += len(labels)
-            if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
-                raise TrainingError(
-                    f"the loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step + 1}); "
-                    f"the last good checkpoint is epoch {epoch} in {self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
-                )
+            if (step + 1) % check_every == 0:
+                self._stop_unless_finite(self._summed(loss_sum), epoch, f" (by step {step + 1})")
             if bar.disable is False and step % 20 == 0 and seen:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}")  # the running mean over the epoch so far
             if self.board is not None and loss is not None and (step + 1) % check_every == 0:
                 self.board.step(epoch * len(self.train_loader) + step, loss.item())
-        if not torch.isfinite(loss_sum):
-            raise TrainingError(f"the loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr or use readout_norm=batchnorm")
         count = torch.tensor(seen, device=self.device)
         all_reduce_sum(self.dist, loss_sum, wrong, count)
+        self._stop_unless_finite(loss_sum, epoch)
         return {"train_loss": loss_sum.item() / count.item(), "train_error": wrong.item() / count.item()}
 
+    def _summed(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """The loss so far summed over the ranks (one scalar all-reduce; ``loss_sum`` itself when
+        not distributed), so that every rank sees a non-finite loss of any rank's batch."""
+        if not self.dist.enabled:
+            return loss_sum
+        total = loss_sum.detach().clone()
+        all_reduce_sum(self.dist, total)
+        return total
+
+    def _stop_unless_finite(self, total: torch.Tensor, epoch: int, where: str = "") -> None:
+        """Raise one-line :class:`TrainingError` if ``total``, the loss summed over all ranks, is not
+        finite. Every rank checks the same sum at the same step, so all of them stop together with
+        the same line instead of the others waiting ``train.dist_timeout`` for the one that stopped."""
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"the loss became {total.item()} in epoch {epoch + 1}{where}; the last good checkpoint is epoch {epoch} in "
+                f"{self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
+            )
+
+    @torch.no_grad()
     def evaluate(self) -> float:
         """Test error (fraction) with the model in eval mode."""
         counts = error_counts(predictions(self.strategy.predict, self.model, self.test_loader), self.device)

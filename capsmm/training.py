@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,8 +12,9 @@ from torch import nn
 
 from .config import RunConfig, TrainConfig
 from .data import BatchLoader, image_split, load_image_dataset
-from .distributed import DistContext, init_distributed, is_peer_failure, peer_failure, shutdown
-from .errors import ConfigError
+from .crash import crash_log
+from .distributed import DistContext, PeerFailure, init_distributed, is_peer_failure, peer_failure, shutdown
+from .errors import CapsmmError, ConfigError
 from .profiling import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule
@@ -46,18 +48,25 @@ def describe_parameters(model: CAPModel) -> str:
 
 
 @contextmanager
-def launched(train: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
-    """This process' place in a torchrun launch (if any) and its device; a peer that dies or hangs
-    becomes one-line :class:`~capsmm.errors.TrainingError`; the process group is left on the way out."""
+def launched(train: TrainConfig, out_dir: Path) -> Iterator[tuple[DistContext, torch.device]]:
+    """This process' place in a torchrun launch (if any) and its device; the process group is left
+    on the way out. A peer that dies or hangs becomes one-line :class:`~capsmm.distributed.PeerFailure`;
+    that and any unexpected error leave their full traceback in a crash log in the run folder
+    ``out_dir`` (:func:`~capsmm.crash.crash_log`), which the one line names. Anything else, a bug
+    whose message mentions a timeout included, surfaces as itself."""
     device = resolve_device(train.device)
     context, device = init_distributed(device, train.dist_timeout)
     try:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         yield context, device
-    except RuntimeError as error:  # a collective inside autograd fails with a plain RuntimeError
-        if context.enabled and is_peer_failure(error):
-            raise peer_failure(error, "training") from None
+    except Exception as error:
+        if context.enabled and is_peer_failure(error):  # a collective inside autograd (SyncBatchNorm) fails outside communicate
+            error = peer_failure(error, "training")
+        if isinstance(error, PeerFailure):
+            raise PeerFailure(f"{error}; the traceback is in {crash_log(error, out_dir)}") from error
+        if not isinstance(error, CapsmmError):
+            crash_log(error, out_dir)
         raise
     finally:
         shutdown()
@@ -82,11 +91,11 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
     which trades bitwise reproducibility for speed.
     """
     config.validate()
-    with launched(config.train) as (context, device):
+    out_dir = config.out_dir()
+    with launched(config.train, out_dir) as (context, device):
         data = load_image_dataset(config.data, config.train.seed)
         model = seeded_model(lambda: model_from_config(config, data.num_classes, data.in_shape), config.train.seed, context)
         strategy = build_strategy(model, config.train, device, context)
-        out_dir = config.out_dir()
         if context.is_main:
             log(
                 f"{config.data.name} ({len(data.train):,} train / {len(data.test):,} test, {data.in_shape}) | "

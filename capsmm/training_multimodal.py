@@ -83,7 +83,8 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
     Under torchrun it trains data-parallel like :func:`capsmm.training.train`; rank 0 writes."""
     config.validate()
     mm = config.multimodal
-    with launched(config.train) as (context, device):
+    out_dir = config.out_dir()
+    with launched(config.train, out_dir) as (context, device):
         parts = load_modalities(config)
         num_classes = len(next(iter(parts.values()))[3])
         specs = encoder_specs(config, {name: part[2] for name, part in parts.items()}, sorted(parts))
@@ -96,7 +97,6 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
         else:
             model = seeded_model(lambda: build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
                                                             head_options=config.model.head_options()), config.train.seed, context)
-        out_dir = config.out_dir()
         sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
         backbones = "+".join(specs[name].backbone for name in sorted(specs))
         if context.is_main:

@@ -162,7 +162,8 @@ def test_an_unexpected_failure_is_one_line_and_a_log_with_the_traceback(monkeypa
     monkeypatch.setenv("CAPSMM_LOG_DIR", str(tmp_path / "logs"))
     code, _, err = run_main(["--dataset", "digits", "--out", str(tmp_path / "run")], capsys)
     assert code == 1
-    assert_one_line_error(err, "unexpected RuntimeError: allocator: out of memory", str(tmp_path / "logs"))
-    [log] = (tmp_path / "logs").iterdir()
+    assert_one_line_error(err, "unexpected RuntimeError: allocator: out of memory", str(tmp_path / "run"))
+    [log] = (tmp_path / "run").glob("capsmm-error-*.log")  # in the run folder, where the user looks; no second one
+    assert not (tmp_path / "logs").exists()
     assert log.name in err
     assert "Traceback" in log.read_text() and "second line of detail" in log.read_text() and "explode" in log.read_text()
