@@ -91,7 +91,7 @@ def test_a_dead_rank_stops_the_others_with_one_line(tmp_path):
     ranks[1].send_signal(signal.SIGKILL)
     killed_at = time.time()
     _, err = ranks[0].communicate(timeout=90)
-    assert time.time() - killed_at < 60
+    assert time.time() - killed_at < 20  # docs/strategies.md: the others stop within train.dist_timeout (20 s here)
     assert ranks[0].returncode not in (0, None)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert lines and "Traceback" not in err, err[-2000:]
