@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Wall time of the audio pipeline per epoch, side by side: the old default (audio-cnn over a
-batch-normalised log-mel, no augmentation) against other configurations, and the share of each
+"""Wall time of the audio pipeline per epoch, side by side: the default (audio-cnn over a log-mel
+normalised per utterance, no augmentation) against other configurations, and the share of each
 epoch spent augmenting the training batches (waveform augmentations run in the batch loader,
 SpecAugment inside the front end).
 
@@ -54,10 +54,10 @@ def epoch_seconds(config: MultimodalRun, data: AudioDataset, augment_only: bool)
 @guarded
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="bench_audio.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the configuration to compare with the old default")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the configuration to compare with the default")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    settings = {"old default": [], "asked": [parse_assignment(text) for text in args.set]}
+    settings = {"default": [], "asked": [parse_assignment(text) for text in args.set]}
     configs = {name: build_runs(None, [*BASE, *overrides], multimodal_schema())[0].validate() for name, overrides in settings.items()}
     data = {name: load_dataset("audio", config.audio) for name, config in configs.items()}  # read once, outside the timings
     times: dict[str, dict[str, list[float]]] = {name: {"epoch": [], "batches": []} for name in configs}
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for name, figures in times.items():
         epoch, batches = statistics.median(figures["epoch"]), statistics.median(figures["batches"])
-        label = name if name == "old default" else ", ".join(args.set) or "old default"
+        label = name if name == "default" else ", ".join(args.set) or "default"
         print(f"| {label} | {epoch:.1f} | {batches:.2f} | {batches / epoch:.1%} |")
     return 0
 

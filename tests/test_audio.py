@@ -172,3 +172,18 @@ def test_audio_resnet_blocks_are_cut_between_and_skip_within():
     for j in range(1, 4):
         grads = torch.autograd.grad(out.patterns[j].sum(), list(model.blocks[j - 1].parameters()), allow_unused=True, retain_graph=True)
         assert all(g is None for g in grads), f"pattern {j} reaches block {j - 1}"
+
+
+def test_new_runs_normalise_each_utterance_and_runs_saved_before_keep_batch_norm():
+    """docs/multimodal.md: per-utterance normalisation won over every held-out speaker, so it is the
+    default; a config saved before it holds ``normalize: null`` and rebuilds audio-cnn's own batch norm."""
+    import dataclasses
+
+    from capsmm.config import multimodal_schema
+    from capsmm.encoder import build_encoder
+
+    section = multimodal_schema()().audio_model
+    assert section.backbone == "audio-cnn" and section.normalize == "utterance"
+    saved_before = dataclasses.replace(section, normalize=None)
+    fronts = [build_encoder("audio-cnn", in_shape=(800,), **s.encoder_options()).blocks[0][0] for s in (section, saved_before)]
+    assert fronts[0].norm is None and isinstance(fronts[1].norm, torch.nn.BatchNorm2d)

@@ -58,7 +58,9 @@ class AudioEncoderConfig(EncoderConfig):
 
     n_mels: int | None = opt("audio: mel bins (MFCC: half as many coefficients)", None, check=in_range(4, 512, open_high=False))
     features: str | None = opt("audio: logmel or mfcc", None, check=one_of(FEATURES))
-    normalize: str | None = opt("audio: batch (one BatchNorm over the features) or utterance (each bin over the clip's frames)", None,
+    normalize: str | None = opt("audio: utterance (each bin over the clip's frames; the default, measured best over every held-out "
+                                "speaker: docs/multimodal.md) or batch (one BatchNorm over the features). null: the backbone's "
+                                "own default (audio-cnn: batch), which runs saved before this default keep", "utterance",
                                 check=one_of(NORMALIZATIONS))
     time_mask: int | None = opt("audio: SpecAugment, one mask of up to this many frames per training clip (0 = off)", None,
                                 check=in_range(0, 1000, open_high=False))
