@@ -10,9 +10,11 @@ from .readout import READOUT_NORMS, CAPReadout
 
 __version__ = "0.1.0"
 
+from .inference import TrainedModel, load_run  # noqa: E402 - it records __version__ in run folders
+
 __all__ = [
     "ENCODERS", "HEADS", "MODES", "READOUT_NORMS",
-    "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead",
+    "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead", "TrainedModel",
     "CapsmmError", "CheckpointError", "ConfigError", "DataError", "TrainingError",
-    "build_encoder", "build_model", "training_loss",
+    "build_encoder", "build_model", "load_run", "training_loss",
 ]

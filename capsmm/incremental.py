@@ -37,6 +37,7 @@ from .config import RunConfig, check_fields, in_range, opt
 from .data import BatchLoader, ImageSet, image_split, load_image_dataset, stratified_indices
 from .evaluation import error_counts, predictions
 from .errors import ConfigError
+from .inference import describe_inputs, save_input_pipeline
 from .metrics import tidy
 from .model import CAPModel
 from .modes import CAP_FAMILIES, ModeSchedule, mode_spec
@@ -145,6 +146,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
         log(f"{config.data.name}: {len(tasks)} task(s) of classes {tasks} | {config.model.backbone} | mode {config.train.mode} | "
             f"{describe_parameters(model)} | replay {config.incremental.replay}/class | -> {out}")
         mean, std = data.channel_stats()
+        save_input_pipeline(out, {"image": describe_inputs(image_split(data.train, mean, std), data.in_shape, data.classes, config.data)})
         test_splits = [image_split(of_classes(data.test, classes), mean, std) for classes in tasks]
         memory: list[ImageSet] = []
         accuracy: list[list[float]] = []

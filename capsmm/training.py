@@ -13,6 +13,7 @@ from .config import RunConfig, TrainConfig
 from .data import BatchLoader, image_split, load_image_dataset
 from .distributed import DistContext, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import ConfigError
+from .inference import describe_inputs, save_input_pipeline
 from .profiling import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule
@@ -96,6 +97,8 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
         train = config.train
         shard = strategy.batch_shard
         train_split, test_split = data.modal_splits(config.data)
+        if context.is_main:  # what load_run needs to apply the model to new inputs
+            save_input_pipeline(out_dir, {"image": describe_inputs(train_split, data.in_shape, data.classes, config.data)})
         train_loader = BatchLoader(train_split, train.batch_size, device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(test_split, train.eval_batch_size, device=device, shard=shard)
         diagnostics = BatchLoader(image_split(data.test.sample(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)

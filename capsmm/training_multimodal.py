@@ -13,6 +13,7 @@ from .config import MODALITY_SECTIONS, MultimodalRun, multimodal_schema
 from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
+from .inference import describe_inputs, save_input_pipeline
 from .model import CAPModel
 from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
 from .training import describe_parameters, launched, seeded_model
@@ -97,6 +98,8 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
             model = seeded_model(lambda: build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
                                                             head_options=config.model.head_options()), config.train.seed, context)
         out_dir = config.out_dir()
+        if context.is_main:  # what load_run needs to apply the model to new inputs
+            save_input_pipeline(out_dir, {name: describe_inputs(part[0], part[2], part[3], getattr(config, name)) for name, part in parts.items()})
         sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
         backbones = "+".join(specs[name].backbone for name in sorted(specs))
         if context.is_main:
