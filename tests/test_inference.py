@@ -34,7 +34,11 @@ def vision_run(tmp_path_factory):
 
 
 def run(argv, capsys):
-    code = predict.main(argv)
+    """(exit status, stdout, stderr) of the script; argparse's usage errors exit through SystemExit."""
+    try:
+        code = predict.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -1,9 +1,9 @@
 """White-box L-inf attacks: FGSM (Goodfellow et al. 2015) and PGD with a random start (Madry et al. 2018).
 
 An attack differentiates the whole eval-time function input -> logits. capsmm's forward cuts the
-gradient between blocks in ``caps`` and the layer-local modes; :func:`capsmm.encoder.gradient_kept`
-lifts every cut (the values are unchanged), so the attack sees every block, not the first one
-alone (gradient masking: Athalye et al. 2018; Carlini et al. 2019's sanity check is in the tests:
+gradient at every block's input in ``caps`` and the layer-local modes (block 0's too, so the
+training graph gives the input no gradient at all); :func:`capsmm.encoder.gradient_kept` lifts
+every cut (the values are unchanged), so the attack sees every block (without it: gradient masking: Athalye et al. 2018; Carlini et al. 2019's sanity check is in the tests:
 at a large eps every mode's error reaches 99%).
 """
 

@@ -15,7 +15,7 @@ image side over 28 pixels, so they suit MNIST-sized images and grow with larger 
 | contrast | pixels pulled towards the image mean, ``(x - mean) c + mean`` |
 | brightness | ``x + b``, clipped (grey images: ImageNet-C's HSV value shift) |
 | pixelate | box-downsampled by a factor, then enlarged with nearest neighbours |
-| jpeg | JPEG at a quality (``torchvision.transforms.v2.functional.jpeg``) |
+| jpeg | JPEG at a quality (PIL) |
 | elastic | a smooth random displacement field (``torchvision.transforms.v2.functional.elastic``) |
 | occlusion | a black square of a fraction of the side at a random place |
 
@@ -27,11 +27,13 @@ corruptions) and ``relative_mce`` (the same for the error's rise above each mode
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -167,7 +169,16 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator, pipeline
 
 @IMAGE.register("jpeg")
 def jpeg(images: Tensor, severity: int, generator: torch.Generator, pipeline: dict[str, Any]) -> Tensor:
-    return TF.jpeg(images.contiguous(), quality=int(IMAGE_SEVERITIES["jpeg"][severity - 1]))
+    """Encoded and decoded by PIL (torchvision's JPEG codec is deprecated since 0.29)."""
+    from PIL import Image
+
+    quality = int(IMAGE_SEVERITIES["jpeg"][severity - 1])
+    decoded = []
+    for image in images.permute(0, 2, 3, 1).numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "JPEG", quality=quality)
+        decoded.append(torch.from_numpy(np.asarray(Image.open(buffer)).copy()).reshape(image.shape))
+    return torch.stack(decoded).permute(0, 3, 1, 2).contiguous()
 
 
 @IMAGE.register("elastic")
