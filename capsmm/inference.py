@@ -176,7 +176,7 @@ class TrainedModel:
         similarity), or None for a model without prototypes (a layer-local peer)."""
         return cap_similarity(self.model, output, present)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, stored: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
         """``probabilities`` (B, C), ``similarity`` (B, C) or None, ``logits``; for a multimodal model
         given several modalities also each one's own ``probabilities.<modality>`` and, when its joint
@@ -200,6 +200,9 @@ def cap_similarity(model: nn.Module, output: CAPOutput, present: Sequence[str]) 
     if isinstance(model, CAPModel):
         if model.head is None:
             return None
+        ungated = not (model.gated and output.typicality is not None)
+        if model.head.kind == "cosine" and model.mode != "local" and model.class_mask is None and ungated:
+            return output.logits.float() * model.head.temperature  # the cosine head's logits are these cosines over tau
         slices = [s for name in model.encoders if name in present for s in model.slices[name]]
         m = torch.cat([p.float() for p in output.patterns], dim=1)
         return F.normalize(m, dim=1) @ F.normalize(model.head.prototype_slices(slices).float(), dim=1).T
