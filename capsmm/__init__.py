@@ -10,7 +10,7 @@ from .readout import READOUT_NORMS, CAPReadout
 
 __version__ = "0.1.0"
 
-from .inference import TrainedModel, load_run  # noqa: E402 - it records __version__ in run folders
+from .inference import TrainedModel, load_run  # noqa: E402
 
 __all__ = [
     "ENCODERS", "HEADS", "MODES", "READOUT_NORMS",

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .registry import Registry
 
-
 _GRADIENT_KEPT = contextvars.ContextVar("gradient_kept", default=False)
 
 

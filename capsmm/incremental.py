@@ -37,7 +37,7 @@ from .config import RunConfig, check_fields, in_range, opt
 from .data import BatchLoader, ImageSet, image_split, load_image_dataset, stratified_indices
 from .evaluation import error_counts, predictions
 from .errors import ConfigError
-from .inference import describe_inputs, save_input_pipeline
+from .pipeline import describe_inputs, save_input_pipeline
 from .metrics import tidy
 from .model import CAPModel
 from .modes import CAP_FAMILIES, ModeSchedule, mode_spec

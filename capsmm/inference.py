@@ -4,7 +4,7 @@ modalities), for vision, multimodal and class-incremental runs alike.
 
 The input pipeline (per modality: the input shape, the class names, an image set's per-channel
 mean and std, an audio set's sample rate) is written at training time to ``input_pipeline.json`` in
-the run folder. A run written before that file existed has it recomputed from the training set its
+the run folder (:mod:`capsmm.pipeline`). A run written before that file existed has it recomputed from the training set its
 config names (so that data must be reachable: ``data_root`` points at it).
 
 How a modality's inputs are read from files and brought to a run's pipeline is the modality's
@@ -26,41 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from . import __version__
-from .checkpoint import atomic_write_json, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import RunConfig, flatten_dict, multimodal_schema, set_value
-from .data import ModalSplit
 from .data.batches import Normalize
 from .errors import CapsmmError, CheckpointError, ConfigError, DataError
 from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
+from .pipeline import PIPELINE, PIPELINE_FORMAT, describe_inputs
 from .registry import Registry
 from .trainer import CHECKPOINT, RESULTS
-
-#: the file in a run folder that holds its input pipeline
-PIPELINE = "input_pipeline.json"
-PIPELINE_FORMAT = 1
-
-
-# ---------------------------------------------------------------------------------------------- pipelines
-
-
-def describe_inputs(split: ModalSplit, in_shape: Sequence[int], classes: Sequence[str], section: Any) -> dict[str, Any]:
-    """What applying a model to new inputs of one modality needs from its training data: the input
-    shape and class names; images, the normalisation of ``split`` (the training set's channel mean
-    and std); audio, the sample rate of ``section``."""
-    pipeline: dict[str, Any] = {"in_shape": [int(n) for n in in_shape], "classes": [str(c) for c in classes]}
-    if isinstance(split.prepare, Normalize):
-        pipeline |= {"mean": split.prepare.mean.flatten().tolist(), "std": split.prepare.std.flatten().tolist()}
-    if hasattr(section, "sample_rate"):
-        pipeline["sample_rate"] = int(section.sample_rate)
-    return pipeline
-
-
-def save_input_pipeline(out_dir: Path, pipelines: Mapping[str, dict[str, Any]]) -> None:
-    """Write ``input_pipeline.json`` (atomically) into a run folder."""
-    atomic_write_json(Path(out_dir) / PIPELINE, {"format": PIPELINE_FORMAT, "capsmm": __version__, "modalities": dict(pipelines)})
-
 
 # ---------------------------------------------------------------------------------------------- input kinds
 
@@ -154,7 +128,7 @@ class TrainedModel:
             return self.input_kind(modality).read(Path(path), self.pipelines[modality])
         except CapsmmError:
             raise
-        except Exception as error:  # PIL: UnidentifiedImageError, OSError, DecompressionBombError...; numpy: ValueError
+        except Exception as error:  # noqa: BLE001 - PIL: UnidentifiedImageError, OSError, DecompressionBombError...; numpy: ValueError
             raise DataError(f"cannot read {modality} file {path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
     def model_inputs(self, stored: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -361,5 +335,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data_ro
     return TrainedModel(model, list(classes), {k: pipelines[k] for k in sorted(pipelines)}, config, run_dir, kind, target)
 
 
-__all__ = ["INPUT_KINDS", "InputKind", "TrainedModel", "cap_similarity", "conform_images", "describe_inputs",
-           "load_run", "read_image", "save_input_pipeline"]
+__all__ = ["INPUT_KINDS", "InputKind", "TrainedModel", "cap_similarity", "conform_images", "load_run", "read_image"]

@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from .run_records import RunRecord, cell_label, cells, varying_keys  # noqa: E402
+from .run_records import RunRecord, cell_label, cells, varying_keys
 
 
 def _finish(fig: plt.Figure, path: Path, **legend: object) -> Path:

@@ -122,7 +122,7 @@ def varying_keys(runs: Sequence[RunRecord], pooled: Sequence[str] = ()) -> list[
     """The config keys whose values differ among ``runs`` (seed, output folder, keys a resumed run may
     change, and the ``pooled`` keys excluded): what tells the runs' cells apart, in config order."""
     keys = list(dict.fromkeys(k for run in runs for k in run.config))
-    ignored = lambda k: k in INCIDENTAL or k in pooled or k.endswith(RESUMABLE_SUFFIXES)  # noqa: E731
+    ignored = lambda k: k in INCIDENTAL or k in pooled or k.endswith(RESUMABLE_SUFFIXES)
     return [k for k in keys if not ignored(k) and len({json.dumps(run.config.get(k), sort_keys=True) for run in runs}) > 1]
 
 

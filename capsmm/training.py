@@ -13,7 +13,7 @@ from .config import RunConfig, TrainConfig
 from .data import BatchLoader, image_split, load_image_dataset
 from .distributed import DistContext, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import ConfigError
-from .inference import describe_inputs, save_input_pipeline
+from .pipeline import describe_inputs, save_input_pipeline
 from .profiling import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule

@@ -13,7 +13,7 @@ from .config import MODALITY_SECTIONS, MultimodalRun, multimodal_schema
 from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
-from .inference import describe_inputs, save_input_pipeline
+from .pipeline import describe_inputs, save_input_pipeline
 from .model import CAPModel
 from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
 from .training import describe_parameters, launched, seeded_model

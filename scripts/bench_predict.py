@@ -28,7 +28,8 @@ from PIL import Image
 from capsmm.checkpoint import atomic_write_json, save_checkpoint
 from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.config import build_runs
-from capsmm.inference import load_run, save_input_pipeline
+from capsmm.inference import load_run
+from capsmm.pipeline import save_input_pipeline
 from capsmm.training import model_from_config
 
 

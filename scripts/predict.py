@@ -114,7 +114,7 @@ def describe(item: Item, result: dict[str, Any], row: int, trained: TrainedModel
 
 def line(record: dict[str, Any]) -> str:
     """One text line: input, top class(es) with probability, CAP similarity, and per modality its own."""
-    shown = lambda entries: ", ".join(f"{e['class']} {e['probability']:.3f}" for e in entries)  # noqa: E731
+    shown = lambda entries: ", ".join(f"{e['class']} {e['probability']:.3f}" for e in entries)
     where = record["input"] if isinstance(record["input"], str) else " + ".join(f"{m}={p}" for m, p in record["input"].items())
     text = f"{where}\t{shown(record['top'])}"
     if record["similarity"] is not None:

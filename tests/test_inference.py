@@ -7,16 +7,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
+from test_multimodal_cli import write_class_sorted_folders
 
 import capsmm
+from capsmm.config import build_runs
 from capsmm.data.vision import load_digits
 from capsmm.errors import CheckpointError
-from capsmm.inference import PIPELINE
+from capsmm.pipeline import PIPELINE
 from capsmm.training import train
-from capsmm.config import build_runs
-from conftest import load_script
-from test_multimodal_cli import write_class_sorted_folders
 
 predict = load_script("predict")
 train_multimodal = load_script("train_multimodal")

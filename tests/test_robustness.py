@@ -2,25 +2,31 @@
 calibration and OOD figures cross-checked by hand and against scikit-learn, corruptions that grow
 with severity, and scripts/evaluate.py with its one-line errors."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
+from test_inference import vision_run  # noqa: F401 - the shared tiny trained run
 
 from capsmm import build_model, training_loss
 from capsmm.data.vision import load_digits
 from capsmm.encoder import gradient_kept
 from capsmm.evaluation.attacks import fgsm, pgd
 from capsmm.evaluation.calibration import calibration
-from capsmm.evaluation.corruptions import IMAGE, corrupt, corruption_registry, corruption_summary
+from capsmm.evaluation.corruptions import (
+    IMAGE,
+    corrupt,
+    corruption_registry,
+    corruption_summary,
+)
 from capsmm.evaluation.ood import auroc, fpr_at_tpr
 from capsmm.run_records import read_run
-from conftest import load_script
-from test_inference import vision_run  # noqa: F401 - the shared tiny trained run
 
 evaluate_script = load_script("evaluate")
 MODES = ("bp", "caps", "caps-full", "local", "local-predsim")
@@ -57,7 +63,7 @@ def test_pgd_through_every_block_breaks_every_mode(mode, digits):
         with gradient_kept():
             assert torch.equal(model(x).logits, logits)
     assert (logits.argmax(1) != y).float().mean() < 0.5  # it learned something
-    logits_of = lambda inputs: model(inputs).logits  # noqa: E731
+    logits_of = lambda inputs: model(inputs).logits
     adversarial = pgd(logits_of, x, y, 1.0, (0.0, 1.0), steps=10, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(adversarial).logits.argmax(1) != y).float().mean() >= 0.99
@@ -76,7 +82,7 @@ def test_fgsm_and_pgd_find_the_known_optimum_of_a_linear_model():
     weight = torch.tensor([[1.0, -2.0, 0.5, 3.0], [-1.0, 1.0, 2.0, 3.5]])
     x = torch.full((5, 4), 0.5)
     y = torch.zeros(5, dtype=torch.long)
-    logits_of = lambda inputs: inputs @ weight.T  # noqa: E731
+    logits_of = lambda inputs: inputs @ weight.T
     optimum = x + 0.1 * (weight[1] - weight[0]).sign()
     assert torch.allclose(fgsm(logits_of, x, y, 0.1, (0.0, 1.0)), optimum)
     assert torch.allclose(pgd(logits_of, x, y, 0.1, (0.0, 1.0), generator=torch.Generator().manual_seed(1)), optimum)
@@ -122,7 +128,7 @@ def test_corruptions_on_28x28_grow_with_severity(channels, digits):
         assert all(c.dtype == torch.uint8 and c.shape == images.shape for c in corrupted), name
         assert torch.equal(corrupted[0], corrupt("image", name, images, 1, {})), name  # seeded
         change = [(c.float() - images.float()).abs().mean().item() for c in corrupted]
-        assert 0 < change[0] and all(a <= b + 0.05 for a, b in zip(change, change[1:])), (name, change)
+        assert 0 < change[0] and all(a <= b + 0.05 for a, b in itertools.pairwise(change)), (name, change)
 
 
 def test_audio_corruptions_grow_with_severity():
@@ -131,7 +137,7 @@ def test_audio_corruptions_grow_with_severity():
     for name in ("noise", "gain", "band_limit"):
         corrupted = [corrupt("audio", name, waves, s, {"sample_rate": 8000}) for s in range(1, 6)]
         change = [(c - waves).abs().mean().item() for c in corrupted]
-        assert all(a < b for a, b in zip(change, change[1:])), (name, change)
+        assert all(a < b for a, b in itertools.pairwise(change)), (name, change)
     assert set(corruption_registry("audio").names()) == {"noise", "time_shift", "gain", "band_limit"}
 
 
@@ -155,7 +161,7 @@ def run(argv, capsys):
 
 
 def test_evaluate_writes_what_report_reads(vision_run, capsys):  # noqa: F811
-    code, out, err = run([str(vision_run), "--corruptions", "contrast,occlusion", "--attack", "pgd", "--eps", "0.05,1", "--steps", "5",
+    code, _, err = run([str(vision_run), "--corruptions", "contrast,occlusion", "--attack", "pgd", "--eps", "0.05,1", "--steps", "5",
                           "--ood-dataset", "digits", "--test-subset", "60", "--name", "shift"], capsys)
     assert code == 0, err
     result = json.loads((vision_run / "evaluation" / "shift.json").read_text())

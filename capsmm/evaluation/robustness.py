@@ -39,7 +39,7 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def replaced(self, modality: str, inputs: Tensor) -> "EvalSet":
+    def replaced(self, modality: str, inputs: Tensor) -> EvalSet:
         return dataclasses.replace(self, inputs={**self.inputs, modality: inputs})
 
     def batches(self, size: int, device: torch.device) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
@@ -134,7 +134,7 @@ def adversarial_errors(trained: TrainedModel, data: EvalSet, name: str, eps: Seq
     errors = {}
     for radius in eps:
         def adversary(stored: dict[str, Tensor], labels: Tensor, radius: float = radius) -> dict[str, Tensor]:
-            logits_of = lambda x: trained.output({**stored, modality: x}).logits  # noqa: E731
+            logits_of = lambda x: trained.output({**stored, modality: x}).logits
             x = stored[modality].to(trained.device).float()
             return {**stored, modality: attack(name, logits_of, x, labels, radius * kind.scale, kind.bounds, steps=steps, generator=generator)}
 
@@ -175,6 +175,6 @@ def evaluate(trained: TrainedModel, data: EvalSet, *, corruptions: Mapping[str, 
             result["adversarial"]["steps"] = steps
     if ood is not None:
         outside = _outputs(trained, ood, batch)
-        scores = lambda o: ood_scores(o["logits"], o.get("similarity")) | {k: v for k, v in o.items() if k.startswith("typicality.")}  # noqa: E731
+        scores = lambda o: ood_scores(o["logits"], o.get("similarity")) | {k: v for k, v in o.items() if k.startswith("typicality.")}
         result["ood"] = {"ood_set": ood.name, "ood_samples": len(ood), **detection(scores(clean), scores(outside))}
     return result
