@@ -24,7 +24,7 @@ train_incremental = load_script("train_incremental")
 TINY = ["model.hidden=32", "model.depth=2", "model.pattern_width=32", "train.epochs=1", "train.progress=false"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vision_run(tmp_path_factory):
     """A caps MLP trained one epoch on the bundled 8x8 digits."""
     out = tmp_path_factory.mktemp("vision") / "run"
@@ -124,16 +124,23 @@ def test_a_foreign_checkpoint_is_refused(vision_run, tmp_path):
         capsmm.load_run(foreign)
 
 
-def test_multimodal_pairs_and_either_modality_alone(tmp_path, capsys):
+@pytest.fixture(scope="session")
+def multimodal_run(tmp_path_factory):
+    """A joint image + audio run (gated) trained one epoch on small class-sorted folders (3 classes)."""
+    root = tmp_path_factory.mktemp("multimodal")
+    write_class_sorted_folders(root, sizes=[8, 6, 4])
+    code = train_multimodal.main([
+        "--image-dataset", "imagefolder", "--image-root", str(root / "images"), "--audio-dataset", "audiofolder",
+        "--audio-root", str(root / "audio"), "--set", "image.image_size=12", "--set", "audio.duration=0.25", "--epochs", "1",
+        "--set", "image_model.hidden=32", "--set", "audio_model.width_mult=0.5", "--set", "model.pattern_width=32",
+        "--no-progress", "--out", str(root / "run")])
+    assert code == 0
+    return root / "run"
+
+
+def test_multimodal_pairs_and_either_modality_alone(multimodal_run, tmp_path, capsys):
     import soundfile
 
-    write_class_sorted_folders(tmp_path, sizes=[8, 6, 4])
-    code = train_multimodal.main([
-        "--image-dataset", "imagefolder", "--image-root", str(tmp_path / "images"), "--audio-dataset", "audiofolder",
-        "--audio-root", str(tmp_path / "audio"), "--set", "image.image_size=12", "--set", "audio.duration=0.25", "--epochs", "1",
-        "--set", "image_model.hidden=32", "--set", "audio_model.width_mult=0.5", "--set", "model.pattern_width=32",
-        "--no-progress", "--out", str(tmp_path / "run")])
-    assert code == 0
     capsys.readouterr()
     # a 20x20 RGB image and a stereo clip at 22.05 kHz (the run's rate is 8 kHz, its clips 0.25 s)
     image = np.zeros((20, 20, 3), dtype=np.uint8)
@@ -142,16 +149,16 @@ def test_multimodal_pairs_and_either_modality_alone(tmp_path, capsys):
     t = np.arange(6615) / 22050
     tone = 0.4 * np.sin(2 * np.pi * 600 * t)
     soundfile.write(tmp_path / "a.wav", np.stack([tone, tone], axis=1).astype(np.float32), 22050)
-    code, out, err = run([str(tmp_path / "run"), "--image", str(tmp_path / "a.png"), "--audio", str(tmp_path / "a.wav"), "--json"], capsys)
+    code, out, err = run([str(multimodal_run), "--image", str(tmp_path / "a.png"), "--audio", str(tmp_path / "a.wav"), "--json"], capsys)
     assert code == 0, err
     record = json.loads(out)
     assert set(record["modalities"]) == {"audio", "image"} and record["top"][0]["class"] in ("class0", "class1", "class2")
     assert all(0 <= own["gate"] <= 1 for own in record["modalities"].values())
-    trained = capsmm.load_run(tmp_path / "run")
+    trained = capsmm.load_run(multimodal_run)
     assert trained.read("audio", tmp_path / "a.wav").shape == (2000,)
-    code, out, err = run([str(tmp_path / "run"), "--audio", str(tmp_path / "a.wav")], capsys)
+    code, out, err = run([str(multimodal_run), "--audio", str(tmp_path / "a.wav")], capsys)
     assert code == 0 and len(out.splitlines()) == 1 and "audio=" in out and "image:" not in out
-    code, _, err = run([str(tmp_path / "run"), "--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "a.png"),
+    code, _, err = run([str(multimodal_run), "--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "a.png"),
                         "--audio", str(tmp_path / "a.wav")], capsys)
     assert code == 2 and "as many files of each modality" in err and len(err.splitlines()) == 1
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import load_script
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
-from test_inference import vision_run  # noqa: F401 - the shared tiny trained run
+from test_inference import multimodal_run, vision_run  # noqa: F401 - the shared tiny trained runs
 
 from capsmm import build_model, training_loss
 from capsmm.data.vision import load_digits
@@ -205,6 +205,19 @@ def test_another_set_of_other_sizes_is_matched_by_class_name(vision_run, tmp_pat
 def test_bad_input_is_one_line_and_exit_2(vision_run, argv, fragment, capsys):  # noqa: F811
     code, out, err = run([str(vision_run), *argv], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and fragment in err, err
+
+
+def test_a_multimodal_run_under_shift(multimodal_run, capsys):  # noqa: F811
+    """Each modality corrupted in turn, the image attacked, an image OOD set scored by each modality's typicality."""
+    code, _, err = run([str(multimodal_run), "--corruptions", "gaussian_noise,noise", "--attack", "fgsm", "--eps", "0.1",
+                        "--ood-dataset", "image=digits", "--name", "mm"], capsys)
+    assert code == 0, err
+    result = json.loads((multimodal_run / "evaluation" / "mm.json").read_text())
+    assert set(result["corruptions"]) == {"image:gaussian_noise", "audio:noise"}
+    assert set(result["ood"]["auroc"]) >= {"msp", "energy", "cap_similarity", "typicality.audio", "typicality.image"}
+    assert all(0 <= v <= 1 for v in result["ood"]["auroc"].values()) and 0 <= result["adversarial"]["fgsm"]["0.1"] <= 1
+    code, out, err = run([str(multimodal_run), "--dataset", "fashion-mnist"], capsys)
+    assert code == 2 and out == "" and "give --dataset MODALITY=VALUE" in err and len(err.splitlines()) == 1
 
 
 def test_not_a_run_folder(tmp_path, capsys):
