@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     result |= {"name": name, "run": str(args.run), "baseline": str(args.baseline) if args.baseline else None}
     folder = args.run / FOLDER
     atomic_write_json(folder / f"{name}.json", result)
-    plot_reliability(result["calibration"], folder / f"{name}-reliability.png", f"{args.run.name}: {data.name}")
+    plot_reliability(result["calibration"], folder / f"{name}-reliability.png", f"{args.run.parent.name}/{args.run.name}: {data.name}")
     print(table(result))
     print(f"written: {folder / f'{name}.json'}")
     return 0
