@@ -31,6 +31,7 @@ from capsmm.evaluation.attacks import ATTACKS, PGD_STEPS
 from capsmm.evaluation.corruptions import corruption_names, corruption_registry
 from capsmm.evaluation.robustness import EvalSet, evaluate, load_eval_set
 from capsmm.inference import INPUT_KINDS, TrainedModel, load_run
+from capsmm.metrics import tidy
 from capsmm.plotting import plot_reliability
 
 FOLDER = "evaluation"
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or data.name
     result = evaluate(trained, data, corruptions=corruptions, attack_name=args.attack, eps=args.eps or (), steps=args.steps, ood=ood,
                       baseline=baseline_of(args.baseline, name), batch=args.batch_size)
-    result |= {"name": name, "run": str(args.run), "baseline": str(args.baseline) if args.baseline else None}
+    result = tidy(result) | {"name": name, "run": str(args.run), "baseline": str(args.baseline) if args.baseline else None}
     folder = args.run / FOLDER
     atomic_write_json(folder / f"{name}.json", result)
     plot_reliability(result["calibration"], folder / f"{name}-reliability.png", f"{args.run.parent.name}/{args.run.name}: {data.name}")
