@@ -146,7 +146,6 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
         log(f"{config.data.name}: {len(tasks)} task(s) of classes {tasks} | {config.model.backbone} | mode {config.train.mode} | "
             f"{describe_parameters(model)} | replay {config.incremental.replay}/class | -> {out}")
         mean, std = data.channel_stats()
-        save_input_pipeline(out, {"image": describe_inputs(image_split(data.train, mean, std), data.in_shape, data.classes, config.data)})
         test_splits = [image_split(of_classes(data.test, classes), mean, std) for classes in tasks]
         memory: list[ImageSet] = []
         accuracy: list[list[float]] = []
@@ -193,6 +192,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
                         "accuracy": accuracy, **incremental_metrics(accuracy, seen_accuracy), "test_error": 1 - seen_accuracy[-1],
                         "epochs": config.train.epochs, "wall_seconds": wall_seconds}) | {"config": config.to_dict()}
         atomic_write_json(out / RESULTS, results)
+        save_input_pipeline(out, {"image": describe_inputs(image_split(data.train, mean, std), data.in_shape, data.classes, config.data)})
         return results
 
 

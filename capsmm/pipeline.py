@@ -3,6 +3,7 @@ from the training data (:func:`capsmm.inference.load_run` reads it back)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,5 +31,13 @@ def describe_inputs(split: ModalSplit, in_shape: Sequence[int], classes: Sequenc
 
 
 def save_input_pipeline(out_dir: Path, pipelines: Mapping[str, dict[str, Any]]) -> None:
-    """Write ``input_pipeline.json`` (atomically) into a run folder."""
-    atomic_write_json(Path(out_dir) / PIPELINE, {"format": PIPELINE_FORMAT, "modalities": dict(pipelines)})
+    """Write ``input_pipeline.json`` (atomically) into the folder of a finished run, unless it holds
+    that very file already: rerunning a finished run rewrites nothing."""
+    path = Path(out_dir) / PIPELINE
+    content = {"format": PIPELINE_FORMAT, "modalities": json.loads(json.dumps(dict(pipelines)))}
+    try:
+        if json.loads(path.read_text()) == content:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, content)

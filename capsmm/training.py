@@ -97,8 +97,6 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
         train = config.train
         shard = strategy.batch_shard
         train_split, test_split = data.modal_splits(config.data)
-        if context.is_main:  # what load_run needs to apply the model to new inputs
-            save_input_pipeline(out_dir, {"image": describe_inputs(train_split, data.in_shape, data.classes, config.data)})
         train_loader = BatchLoader(train_split, train.batch_size, device=device, shuffle=True, seed=train.seed, shard=shard)
         test_loader = BatchLoader(test_split, train.eval_batch_size, device=device, shard=shard)
         diagnostics = BatchLoader(image_split(data.test.sample(train.diagnostics_samples), mean, std), train.diagnostics_samples, device=device)
@@ -107,4 +105,7 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
             diagnostics_batch=next(iter(diagnostics)), log=log,
         )
-        return trainer.fit(resume=resume, force=force)
+        results = trainer.fit(resume=resume, force=force)
+        if context.is_main:  # what load_run needs to apply the finished model to new inputs
+            save_input_pipeline(out_dir, {"image": describe_inputs(train_split, data.in_shape, data.classes, config.data)})
+        return results

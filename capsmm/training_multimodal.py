@@ -98,8 +98,6 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
             model = seeded_model(lambda: build_fusion_model(mm.fusion, specs, num_classes=num_classes, mode=config.train.mode,
                                                             head_options=config.model.head_options()), config.train.seed, context)
         out_dir = config.out_dir()
-        if context.is_main:  # what load_run needs to apply the model to new inputs
-            save_input_pipeline(out_dir, {name: describe_inputs(part[0], part[2], part[3], getattr(config, name)) for name, part in parts.items()})
         sizes = ", ".join(f"{name} {len(part[0]):,}/{len(part[1]):,}" for name, part in parts.items())
         backbones = "+".join(specs[name].backbone for name in sorted(specs))
         if context.is_main:
@@ -111,10 +109,13 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
             "fusion": mm.fusion,
             "modalities": sorted(parts),
         }
-        return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
+        results = fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
                               anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
                               device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context,
                               gate=mm.gate)
+        if context.is_main:  # what load_run needs to apply the finished model to new inputs
+            save_input_pipeline(out_dir, {name: describe_inputs(part[0], part[2], part[3], getattr(config, name)) for name, part in parts.items()})
+        return results
 
 
 def _describe(model: nn.Module) -> str:
