@@ -152,7 +152,8 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     check(args)
-    trained = load_run(args.run, args.device)
+    plain_roots = [root for root in args.data_root if "=" not in root]
+    trained = load_run(args.run, args.device, data_root=plain_roots[0] if plain_roots else None)  # an older run's pipeline is read there
     corruptions = corruptions_of(args.corruptions, trained)
     data = load_eval_set(trained, per_modality(args.dataset, trained, "--dataset"), per_modality(args.data_root, trained, "--data-root"),
                          args.test_subset)
