@@ -6,13 +6,13 @@ from .model import CAPModel, CAPOutput, build_model
 from .modes import MODES, ModeSchedule
 from .objectives import training_loss
 from .prototypes import HEADS, PrototypeHead
+from .inference import TrainedModel, load_run
 from .readout import READOUT_NORMS, CAPReadout
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "ENCODERS", "HEADS", "MODES", "READOUT_NORMS",
-    "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead",
+    "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead", "TrainedModel",
     "CapsmmError", "CheckpointError", "ConfigError", "DataError", "TrainingError",
-    "build_encoder", "build_model", "training_loss",
+    "build_encoder", "build_model", "load_run", "training_loss",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 
 def crash_log(error: BaseException, folder: Path | None = None) -> Path:

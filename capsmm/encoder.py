@@ -11,6 +11,7 @@ block-parallel stages and the diagnostics all run blocks through it
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -21,11 +22,26 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .registry import Registry
 
+_GRADIENT_KEPT = contextvars.ContextVar("gradient_kept", default=False)
+
 
 def stop_gradient(x: Tensor) -> Tensor:
     """The stop-gradient of CAPs: ``x`` as a value, with no path back to what computed it. Every cut
-    in capsmm goes through here (between blocks; and into a layer-local peer's output layer)."""
-    return x.detach()
+    in capsmm goes through here (between blocks; and into a layer-local peer's output layer), so
+    :func:`gradient_kept` can lift all of them at once."""
+    return x if _GRADIENT_KEPT.get() else x.detach()
+
+
+@contextlib.contextmanager
+def gradient_kept() -> Iterator[None]:
+    """Within it, :func:`stop_gradient` cuts nothing: the same values, with a gradient through every
+    block. An attack needs the gradient of the whole eval-time function input -> logits; through the
+    cuts it would see the last block's readout alone (gradient masking)."""
+    token = _GRADIENT_KEPT.set(True)
+    try:
+        yield
+    finally:
+        _GRADIENT_KEPT.reset(token)
 
 
 class CAPEncoder(nn.Module):

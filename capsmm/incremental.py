@@ -38,6 +38,7 @@ from .config import RunConfig, check_fields, in_range, opt
 from .data import BatchLoader, ImageSet, image_split, load_image_dataset, stratified_indices
 from .evaluation import error_counts, predictions
 from .errors import ConfigError
+from .pipeline import describe_inputs, save_input_pipeline
 from .metrics import tidy
 from .model import CAPModel
 from .modes import CAP_FAMILIES, ModeSchedule, mode_spec
@@ -195,6 +196,7 @@ def run_incremental(config: IncrementalRunConfig, *, resume: bool = False, force
                         "accuracy": accuracy, **incremental_metrics(accuracy, seen_accuracy), "test_error": 1 - seen_accuracy[-1],
                         "epochs": config.train.epochs, "wall_seconds": wall_seconds}) | {"config": config.to_dict()}
         atomic_write_json(out / RESULTS, results)
+        save_input_pipeline(out, {"image": describe_inputs(image_split(data.train, mean, std), data.in_shape, data.classes, config.data)})
         return results
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from .run_records import RunRecord, cell_label, cells, varying_keys  # noqa: E402
+from .run_records import RunRecord, cell_label, cells, varying_keys
 
 
 def _finish(fig: plt.Figure, path: Path, **legend: object) -> Path:
@@ -167,6 +168,52 @@ def _with_results(runs: Sequence[RunRecord], key: str) -> list[Cell]:
     return [(label, members) for label, members in labelled_cells(runs) if any(run.value(key) for run in members)]
 
 
+def plot_reliability(calibration: dict[str, Any], path: Path, title: str) -> Path:
+    """The reliability diagram of one evaluation: accuracy against mean confidence per confidence
+    bin (bars), the diagonal of perfect calibration, and the share of samples per bin."""
+    reliability = calibration["reliability"]
+    bins = reliability["bins"]
+    centres = [(b + 0.5) / bins for b in range(bins)]
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.bar(centres, [a or 0 for a in reliability["accuracy"]], 1 / bins, edgecolor="k", linewidth=0.5, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    total = max(1, sum(reliability["count"]))
+    ax.plot(centres, [c / total for c in reliability["count"]], "o:", color="C1", markersize=3, label="share of samples")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{title}\nECE {100 * calibration['ece']:.2f}%, NLL {calibration['nll']:.3f}")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _finish(fig, path, loc="upper left")
+
+
+#: scalar figures of an evaluation (``RUN_DIR/evaluation/<name>.json``) that plot_runs.py compares
+EVALUATION_FIGURES = ("clean_error", "mce", "calibration.ece", "ood.auroc.msp", "ood.auroc.cap_similarity")
+
+
+def plot_evaluations(runs: Sequence[RunRecord], path: Path) -> Path:
+    """Per evaluation name, the robustness figures of every cell side by side (mean ± std over seeds):
+    clean error, mean corruption error, each attack's errors, ECE, OOD AUROCs."""
+    names = list(dict.fromkeys(name for run in runs for name in (run.value("evaluation") or {})))
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 3.6 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        keys = [k for k in EVALUATION_FIGURES if any(run.value(f"evaluation.{name}.{k}") is not None for run in runs)]
+        attacks = {f"adversarial.{a}.{eps}" for run in runs for a, by_eps in ((run.value(f"evaluation.{name}.adversarial") or {}).items())
+                   if isinstance(by_eps, dict) for eps in by_eps}
+        keys[2:2] = sorted(attacks)
+        selected = labelled_cells(runs)
+        width = 0.8 / max(1, len(selected))
+        for index, (label, members) in enumerate(selected):
+            values = [[v for v in (m.value(f"evaluation.{name}.{k}") for m in members) if v is not None] for k in keys]
+            means = [100 * statistics.fmean(v) if v else float("nan") for v in values]
+            spreads = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.bar([i + (index - (len(selected) - 1) / 2) * width for i in range(len(keys))], means, width, yerr=spreads,
+                   color=f"C{index}", label=label, capsize=2)
+        ax.set_xticks(range(len(keys)), [k.replace("adversarial.", "").replace("calibration.", "") for k in keys], rotation=20, fontsize=8)
+        ax.set(ylabel="%", title=f"evaluation '{name}' (error bars: ± std over seeds)")
+        ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, path)
+
+
 FIGURES = {
     "errors.png": plot_errors,
     "orthogonality_sparsity.png": plot_orthogonality_sparsity,
@@ -183,4 +230,6 @@ def plot_all(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
     figures = dict(FIGURES) if any(run.metrics for run in runs) else {}
     if any(run.value("seen_accuracy") for run in runs):
         figures["incremental.png"] = plot_incremental
+    if any(run.value("evaluation") for run in runs):
+        figures["evaluation.png"] = plot_evaluations
     return [plot(runs, out_dir / name) for name, plot in figures.items()]

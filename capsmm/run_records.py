@@ -46,11 +46,15 @@ class RunRecord:
         return epochs, values
 
     def value(self, key: str) -> Any:
-        """A figure of results.json (dots reach into nested ones: ``test_error_by_modality.audio``)."""
+        """A figure of results.json (dots reach into nested ones: ``test_error_by_modality.audio``;
+        a key that holds a dot itself is found too: ``evaluation.test.adversarial.pgd.0.1``).
+        Evaluations (``evaluation/<name>.json``) are under ``evaluation.<name>``."""
         value: Any = self.results or {}
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
+        parts = key.split(".")
+        while parts and isinstance(value, dict):
+            length = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in value), 1)
+            value, parts = value.get(".".join(parts[:length])), parts[length:]
+        return None if parts else value
 
 
 def is_run_folder(path: Path) -> bool:
@@ -76,6 +80,14 @@ def read_run(path: str | Path) -> RunRecord:
             config = {}
     else:
         config = results.get("config") or {}
+        evaluations = {}
+        for file in sorted((path / "evaluation").glob("*.json")):  # scripts/evaluate.py's figures
+            try:
+                evaluations[file.stem] = json.loads(file.read_text())
+            except json.JSONDecodeError as error:
+                raise DataError(f"{file}: unreadable evaluation ({error}); run evaluate.py again") from None
+        if evaluations:
+            results = results | {"evaluation": evaluations}
     return RunRecord(path, metrics, results, flatten_dict(config))
 
 

@@ -15,6 +15,7 @@ from .data import BatchLoader, image_split, load_image_dataset
 from .crash import crash_log
 from .distributed import DistContext, PeerFailure, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import CapsmmError, ConfigError
+from .pipeline import describe_inputs, save_input_pipeline
 from .profiling import count_parameters
 from .model import CAPModel, build_model
 from .modes import ModeSchedule
@@ -115,4 +116,7 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
             diagnostics_batch=next(iter(diagnostics)), log=log,
         )
-        return trainer.fit(resume=resume, force=force)
+        results = trainer.fit(resume=resume, force=force)
+        if context.is_main:  # what load_run needs to apply the finished model to new inputs
+            save_input_pipeline(out_dir, {"image": describe_inputs(train_split, data.in_shape, data.classes, config.data)})
+        return results

@@ -13,6 +13,7 @@ from .config import MODALITY_SECTIONS, MultimodalRun, multimodal_schema
 from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
+from .pipeline import describe_inputs, save_input_pipeline
 from .model import CAPModel
 from .multimodal import EncoderSpec, build_fusion_model, collect_logits, fit_multimodal, load_trained_model, multimodal_loaders
 from .training import describe_parameters, launched, seeded_model
@@ -108,10 +109,13 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
             "fusion": mm.fusion,
             "modalities": sorted(parts),
         }
-        return fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
+        results = fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
                               anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
                               device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context,
                               gate=mm.gate)
+        if context.is_main:  # what load_run needs to apply the finished model to new inputs
+            save_input_pipeline(out_dir, {name: describe_inputs(part[0], part[2], part[3], getattr(config, name)) for name, part in parts.items()})
+        return results
 
 
 def _describe(model: nn.Module) -> str:

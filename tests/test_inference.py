@@ -1,0 +1,174 @@
+"""capsmm.load_run and scripts/predict.py: trained runs of every script applied to new files (other
+sizes, modes, sample rates, channel counts), and one line with exit status 2 for every bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_script
+from PIL import Image
+from test_multimodal_cli import write_class_sorted_folders
+
+import capsmm
+from capsmm.config import build_runs
+from capsmm.data.vision import load_digits
+from capsmm.errors import CheckpointError
+from capsmm.pipeline import PIPELINE
+from capsmm.training import train
+
+predict = load_script("predict")
+train_multimodal = load_script("train_multimodal")
+train_incremental = load_script("train_incremental")
+TINY = ["model.hidden=32", "model.depth=2", "model.pattern_width=32", "train.epochs=1", "train.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def vision_run(tmp_path_factory):
+    """A caps MLP trained one epoch on the bundled 8x8 digits."""
+    out = tmp_path_factory.mktemp("vision") / "run"
+    [config] = build_runs(None, ["data.name=digits", "train.mode=caps", f"out={out}", *TINY])
+    train(config, log=lambda line: None)
+    return out
+
+
+def run(argv, capsys):
+    """(exit status, stdout, stderr) of the script; argparse's usage errors exit through SystemExit."""
+    try:
+        code = predict.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def digit_image(index=0):
+    return (load_digits(None, None).test.images[index, 0].numpy())
+
+
+def test_load_run_gives_the_trained_model_and_its_pipeline(vision_run):
+    trained = capsmm.load_run(vision_run)
+    assert trained.kind == "vision" and trained.modalities == ("image",) and not trained.model.training
+    assert trained.classes == [str(c) for c in range(10)]
+    digits = load_digits(None, None)
+    mean, std = digits.channel_stats()
+    assert trained.pipelines["image"]["mean"] == pytest.approx(mean) and trained.pipelines["image"]["std"] == pytest.approx(std)
+    # its predictions are those of the run: the test error it recorded
+    result = trained.predict({"image": digits.test.images})
+    error = (result["probabilities"].argmax(1) != digits.test.labels).float().mean().item()
+    assert error == pytest.approx(json.loads((vision_run / "results.json").read_text())["test_error"])
+    # a run written before input_pipeline.json existed: the pipeline is recomputed from its training set
+    older = vision_run.parent / "older"
+    shutil.copytree(vision_run, older)
+    (older / PIPELINE).unlink()
+    assert capsmm.load_run(older).pipelines == trained.pipelines
+
+
+def test_images_of_any_size_and_mode_are_prepared_as_in_training(vision_run, tmp_path, capsys):
+    pixels = digit_image()
+    folder = tmp_path / "class-sorted" / "zero"
+    folder.mkdir(parents=True)
+    Image.fromarray(pixels).save(folder / "grey.png")
+    Image.fromarray(pixels).convert("RGB").save(folder / "rgb.png")
+    Image.fromarray(pixels).convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray(pixels).convert("P").save(folder / "palette.png")
+    Image.fromarray(pixels).resize((40, 40), Image.NEAREST).save(folder / "large.png")
+    code, out, err = run([str(vision_run), str(tmp_path / "class-sorted"), "--json", "--top-k", "3"], capsys)
+    assert code == 0 and err == ""
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["input"].rsplit("/", 1)[1] for r in records] == ["grey.png", "large.png", "palette.png", "rgb.png", "rgba.png"]
+    expected = capsmm.load_run(vision_run).predict({"image": torch.from_numpy(pixels)[None, None]})
+    for record in records:
+        assert len(record["top"]) == 3 and record["top"][0]["probability"] >= record["top"][1]["probability"]
+    same_size = [r for r in records if not r["input"].endswith("large.png")]  # the others decode to the very same pixels
+    for record in same_size:
+        assert record["top"][0]["probability"] == pytest.approx(expected["probabilities"][0].max().item(), abs=1e-6)
+        assert record["similarity"] == pytest.approx(expected["similarity"][0, expected["probabilities"][0].argmax()].item(), abs=1e-6)
+
+
+def test_a_corrupt_file_gets_one_line_and_the_others_are_predicted(vision_run, tmp_path, capsys):
+    Image.fromarray(digit_image()).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    code, out, err = run([str(vision_run), str(tmp_path / "bad.png"), str(tmp_path / "good.png"), str(tmp_path / "missing.png")], capsys)
+    assert code == 2
+    assert len(out.splitlines()) == 1 and out.startswith(str(tmp_path / "good.png"))
+    lines = err.splitlines()
+    assert len(lines) == 3 and "bad.png" in lines[0] and "missing.png" in lines[1] and "2 of 3 input(s)" in lines[2]
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda run: shutil.rmtree(run / "checkpoint.safetensors", ignore_errors=True) or (run / "results.json").unlink(), "is not a finished run"),
+    (lambda run: (run / "checkpoint.safetensors").write_bytes(b"\0" * 100), "is unreadable"),
+    (lambda run: (run / "results.json").write_text(json.dumps({"config": {"data": {"colour": 1}}})), "incompatible capsmm version"),
+    (lambda run: (run / PIPELINE).write_text(json.dumps({"format": 99})), "incompatible capsmm version"),
+])
+def test_a_bad_run_folder_is_one_line_and_exit_2(vision_run, tmp_path, capsys, mutate, fragment):
+    broken = tmp_path / "broken"
+    shutil.copytree(vision_run, broken)
+    mutate(broken)
+    Image.fromarray(digit_image()).save(tmp_path / "x.png")
+    code, out, err = run([str(broken), str(tmp_path / "x.png")], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and fragment in err
+    with pytest.raises(CheckpointError):
+        capsmm.load_run(broken)
+
+
+def test_a_foreign_checkpoint_is_refused(vision_run, tmp_path):
+    from capsmm.checkpoint import save_checkpoint
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(vision_run, foreign)
+    save_checkpoint(foreign / "checkpoint.safetensors", {"model": {"weight": torch.zeros(3)}})
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        capsmm.load_run(foreign)
+
+
+@pytest.fixture(scope="session")
+def multimodal_run(tmp_path_factory):
+    """A joint image + audio run (gated) trained one epoch on small class-sorted folders (3 classes)."""
+    root = tmp_path_factory.mktemp("multimodal")
+    write_class_sorted_folders(root, sizes=[8, 6, 4])
+    code = train_multimodal.main([
+        "--image-dataset", "imagefolder", "--image-root", str(root / "images"), "--audio-dataset", "audiofolder",
+        "--audio-root", str(root / "audio"), "--set", "image.image_size=12", "--set", "audio.duration=0.25", "--epochs", "1",
+        "--set", "image_model.hidden=32", "--set", "audio_model.width_mult=0.5", "--set", "model.pattern_width=32",
+        "--no-progress", "--out", str(root / "run")])
+    assert code == 0
+    return root / "run"
+
+
+def test_multimodal_pairs_and_either_modality_alone(multimodal_run, tmp_path, capsys):
+    import soundfile
+
+    capsys.readouterr()
+    # a 20x20 RGB image and a stereo clip at 22.05 kHz (the run's rate is 8 kHz, its clips 0.25 s)
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    image[5:10] = 220
+    Image.fromarray(image).save(tmp_path / "a.png")
+    t = np.arange(6615) / 22050
+    tone = 0.4 * np.sin(2 * np.pi * 600 * t)
+    soundfile.write(tmp_path / "a.wav", np.stack([tone, tone], axis=1).astype(np.float32), 22050)
+    code, out, err = run([str(multimodal_run), "--image", str(tmp_path / "a.png"), "--audio", str(tmp_path / "a.wav"), "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert set(record["modalities"]) == {"audio", "image"} and record["top"][0]["class"] in ("class0", "class1", "class2")
+    assert all(0 <= own["gate"] <= 1 for own in record["modalities"].values())
+    trained = capsmm.load_run(multimodal_run)
+    assert trained.read("audio", tmp_path / "a.wav").shape == (2000,)
+    code, out, err = run([str(multimodal_run), "--audio", str(tmp_path / "a.wav")], capsys)
+    assert code == 0 and len(out.splitlines()) == 1 and "audio=" in out and "image:" not in out
+    code, _, err = run([str(multimodal_run), "--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "a.png"),
+                        "--audio", str(tmp_path / "a.wav")], capsys)
+    assert code == 2 and "as many files of each modality" in err and len(err.splitlines()) == 1
+
+
+def test_a_class_incremental_run_loads_its_last_task(tmp_path, capsys):
+    code = train_incremental.main(["--dataset", "digits", "--set", "incremental.tasks=2", "--set", "model.hidden=32",
+                                   "--set", "model.pattern_width=32", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "inc")])
+    assert code == 0
+    trained = capsmm.load_run(tmp_path / "inc")
+    assert trained.kind == "incremental" and len(trained.classes) == 10
+    digits = load_digits(None, None)
+    accuracy = (trained.predict({"image": digits.test.images})["probabilities"].argmax(1) == digits.test.labels).float().mean().item()
+    assert accuracy == pytest.approx(json.loads((tmp_path / "inc" / "results.json").read_text())["final_accuracy"])
