@@ -14,5 +14,5 @@ __all__ = [
     "ENCODERS", "HEADS", "MODES", "READOUT_NORMS",
     "CAPEncoder", "CAPModel", "CAPOutput", "CAPReadout", "ModeSchedule", "PrototypeHead", "TrainedModel",
     "CapsmmError", "CheckpointError", "ConfigError", "DataError", "TrainingError",
-    "build_encoder", "build_model", "load_run", "training_loss",
+    "__version__", "build_encoder", "build_model", "load_run", "training_loss",
 ]

@@ -141,10 +141,11 @@ def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[
 
 
 def _time_ms(fn: Callable[[], Any], reps: int) -> float:
-    """Milliseconds per call of ``fn`` over ``reps`` calls after a warm-up (``torch.utils.benchmark``,
-    which synchronises CUDA and keeps the thread count fixed)."""
+    """Median milliseconds of one call of ``fn`` over ``reps`` calls after a warm-up
+    (``torch.utils.benchmark``, which synchronises CUDA and keeps the thread count fixed)."""
     timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.timeit(reps).median * 1000
+    fn()  # warm-up
+    return statistics.median(timer.timeit(1).mean for _ in range(reps)) * 1000
 
 
 def backward_floor(model: CAPModel, images: Tensor, reps: int = 5) -> dict[str, float]:

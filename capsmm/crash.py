@@ -25,10 +25,15 @@ def crash_log(error: BaseException, folder: Path | None = None) -> Path:
     """
     if isinstance(getattr(error, "crash_log", None), Path):
         return error.crash_log  # type: ignore[attr-defined]
-    folder = Path(folder or os.environ.get("CAPSMM_LOG_DIR") or tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
+    fallback = Path(os.environ.get("CAPSMM_LOG_DIR") or tempfile.gettempdir())
     rank = f"rank{os.environ['RANK']}-" if "RANK" in os.environ else ""
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f"capsmm-error-{rank}{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    prefix = f"capsmm-error-{rank}{time.strftime('%Y%m%d-%H%M%S')}-"
+    try:
+        Path(folder or fallback).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder or fallback, prefix=prefix, suffix=".log")
+    except OSError:  # the run folder is not writable (a full disk, a read-only mount): the error must still be told
+        fallback.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=fallback, prefix=prefix, suffix=".log")
     with os.fdopen(fd, "w") as handle:
         handle.write(f"capsmm {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}\n")
         handle.write(f"command: {' '.join(sys.argv)}\n\n")

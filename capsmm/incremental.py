@@ -37,7 +37,7 @@ from .checkpoint import atomic_write_json, load_checkpoint
 from .config import RunConfig, check_fields, in_range, opt
 from .data import BatchLoader, ImageSet, image_split, load_image_dataset, stratified_indices
 from .evaluation import error_counts, predictions
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .pipeline import describe_inputs, save_input_pipeline
 from .metrics import tidy
 from .model import CAPModel
@@ -120,8 +120,11 @@ def incremental_metrics(accuracy: Sequence[Sequence[float]], seen_accuracy: Sequ
 
 
 def task_accuracy(model: CAPModel, split: Any, batch_size: int, device: torch.device) -> float:
+    """Accuracy on ``split``; a task without a test sample has none, which is an error rather than 0 or 1."""
     wrong, seen = error_counts(predictions(lambda inputs: model(inputs).logits, model, BatchLoader(split, batch_size, device=device))).tolist()
-    return 1 - wrong / max(seen, 1)
+    if seen == 0:
+        raise DataError("a task of this class-incremental run has no test sample: raise data.test_subset to at least one per class")
+    return 1 - wrong / seen
 
 
 def freeze_blocks(model: CAPModel, count: int) -> None:

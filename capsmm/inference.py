@@ -252,7 +252,7 @@ def _recomputed_pipelines(config: Any, kind: str) -> dict[str, dict[str, Any]]:
     pipelines = {}
     for name, section in sections.items():
         try:
-            data = load_dataset(name, section)
+            data = load_dataset(name, section, config.train.seed)  # the subset the run trained on
         except DataError as error:
             raise DataError(f"this run has no {PIPELINE} (an older capsmm), so its input pipeline is recomputed from its training "
                             f"set, which is not reachable: {error}") from None

@@ -19,6 +19,10 @@ import torch
 
 _WORD = 2**64
 
+#: the version of this derivation, written into checkpoints: a run whose checkpoint another one drew
+#: (or none: before this module) would continue on other batches, so it is not resumed
+STREAMS_VERSION = 1
+
 
 class Purpose(IntEnum):
     """What a stream is drawn for. The values are part of every stream's key: never reuse or renumber one."""

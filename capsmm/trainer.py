@@ -31,6 +31,7 @@ from .metrics import tidy
 from .profiling import PhaseTimer, count_parameters, peak_memory_mib
 from .model import CAPModel
 from .modes import ModeSchedule
+from .streams import STREAMS_VERSION
 from .strategies import Strategy
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -122,11 +123,16 @@ class Trainer:
             "rng": rng_states,
             "history": self.history,
             "wall_seconds": self.wall_seconds,
+            "streams": STREAMS_VERSION,
         })
 
     def _restore(self) -> int:
         """Load the checkpoint in ``out_dir``; returns the number of epochs already done."""
         state = load_checkpoint(self.checkpoint_path)
+        if state.get("streams") != STREAMS_VERSION:
+            raise CheckpointError(f"cannot resume {self.checkpoint_path}: it was written by a capsmm that drew its random streams "
+                                  "(batch order, subsets, pairing, augmentation) another way, so the rest of the run would not be "
+                                  "the run it began; finish it with that capsmm, or start it over with --force")
         saved, current = flatten_dict(state["config"]), flatten_dict(self.run_config)
         saved = {k: v for k, v in ADDED_KEYS.items() if k in current} | saved
         changed = sorted(k for k in saved.keys() | current.keys()

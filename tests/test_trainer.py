@@ -143,6 +143,30 @@ def test_checkpoint_older_than_a_config_key_resumes_only_with_its_old_value(tmp_
     assert train(digits_config(tmp_path, **{"train.epochs": 2}), resume=True, log=quiet)["epochs"] == 2
 
 
+def test_a_checkpoint_whose_random_streams_were_drawn_another_way_is_not_resumed(tmp_path):
+    """Resuming it would draw the rest of the run's batches (and subsets, pairs, augmentation) from other
+    streams: a run no fresh run reproduces. The checkpoint says which derivation drew it."""
+    train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
+    path = tmp_path / "checkpoint.safetensors"
+    state = load_checkpoint(path)
+    assert state["streams"] == 1
+    del state["streams"]  # as written before capsmm/streams.py
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="random streams"):
+        train(digits_config(tmp_path, **{"train.epochs": 2}), resume=True, log=quiet)
+
+
+def test_an_incremental_task_without_a_test_sample_is_an_error_not_a_perfect_score(tmp_path):
+    from capsmm.errors import DataError
+    from capsmm.incremental import IncrementalRunConfig, run_incremental
+
+    [config] = build_runs(None, ["train.epochs=1", "train.device=cpu", "train.progress=false", "data.train_subset=100",
+                                 "data.test_subset=4", "model.hidden=16", "model.pattern_width=8", "incremental.tasks=5",
+                                 f"out={tmp_path}"], schema=IncrementalRunConfig)
+    with pytest.raises(DataError, match="no test sample"):
+        run_incremental(config, log=quiet)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     train(digits_config(tmp_path, **{"train.epochs": 1}), log=quiet)
     path = tmp_path / "checkpoint.safetensors"

@@ -18,6 +18,14 @@ from .base import ImageSet, resolve_data_root
 from .batches import ModalSplit, image_split
 
 
+def seeded_subsets(dataset: Any, train: int | None, test: int | None, seed: int) -> Any:
+    """``dataset`` (a dataclass with ``train`` and ``test`` splits that have ``sample(n, generator)``) with
+    the stratified subsets of ``seed``: the streams ``TRAIN_SUBSET`` and ``TEST_SUBSET`` (:mod:`capsmm.streams`),
+    the same for every modality, so that row pairs stay paired."""
+    return replace(dataset, train=dataset.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
+                   test=dataset.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
+
+
 class DataSection(Protocol):
     """What the data-set loaders read of a run's data section (:class:`capsmm.config.DataConfig`, or a
     modality's own section with more keys). A protocol, so that the data package does not import the
@@ -63,9 +71,7 @@ class ImageDataset:
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
 
     def subset(self, train: int | None, test: int | None, seed: int) -> "ImageDataset":
-        """The stratified subsets of ``seed`` (:class:`~capsmm.streams.Purpose` ``TRAIN_SUBSET``, ``TEST_SUBSET``)."""
-        return replace(self, train=self.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
-                       test=self.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
+        return seeded_subsets(self, train, test, seed)
 
     def modal_splits(self, config: ImageDataSection) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: standardised with the training set's channel statistics,

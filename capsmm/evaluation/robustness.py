@@ -75,7 +75,7 @@ def load_eval_set(trained: TrainedModel, datasets: Mapping[str, str] | None = No
         if hasattr(section, "image_size"):
             changes["image_size"] = trained.pipelines[modality]["in_shape"][-1]
         section = dataclasses.replace(section, **changes)
-        data = load_dataset(modality, section)
+        data = load_dataset(modality, section, seed=0)  # one test subset for every run, so that runs pair
         test = data.modal_splits(section)[1]
         inputs = trained.input_kind(modality).conform(test.inputs, trained.pipelines[modality])
         labels = torch.full_like(test.labels, -1) if ood else class_map(trained.classes, data.classes, f"{modality} set '{section.name}'")[test.labels]

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 from torch import Tensor
 
-from capsmm.data import ModalSplit, load_dataset, stratified_indices
+from capsmm.data import ModalSplit, load_dataset, seeded_subsets, stratified_indices
 from capsmm.errors import DataError
-from capsmm.streams import Purpose, stream
 from capsmm.optional import require
 
 from .augment import waveform_augmentation
@@ -60,9 +59,7 @@ class AudioDataset:
         return (self.train.waves.shape[1],)
 
     def subset(self, train: int | None, test: int | None, seed: int) -> "AudioDataset":
-        """The stratified subsets of ``seed`` (as :meth:`capsmm.data.ImageDataset.subset`)."""
-        return replace(self, train=self.train.sample(train, stream(seed, Purpose.TRAIN_SUBSET)),
-                       test=self.test.sample(test, stream(seed, Purpose.TEST_SUBSET)))
+        return seeded_subsets(self, train, test, seed)
 
     def modal_splits(self, config: AudioDataConfig) -> tuple[ModalSplit, ModalSplit]:
         """(train, test) as model inputs: the waveforms (the encoder computes its features), training
