@@ -94,6 +94,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags: dict[str, tuple
 CONTROL_FLAGS = ("--resume", "--force", "--no-progress")
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of things), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in comma_list(text)]

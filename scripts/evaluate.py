@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from capsmm.checkpoint import atomic_write_json
-from capsmm.cli import OneLineArgumentParser, comma_list, guarded
+from capsmm.cli import OneLineArgumentParser, comma_list, guarded, positive
 from capsmm.errors import ConfigError, DataError
 from capsmm.evaluation.attacks import ATTACKS, PGD_STEPS
 from capsmm.evaluation.corruptions import corruption_names, corruption_registry
@@ -45,16 +45,6 @@ def eps_list(text: str) -> list[float]:
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"eps must be non-negative numbers (in [0, 1] pixel units), got '{text}'")
     return values
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

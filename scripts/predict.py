@@ -26,21 +26,11 @@ from typing import Any
 
 import torch
 
-from capsmm.cli import OneLineArgumentParser, guarded
+from capsmm.cli import OneLineArgumentParser, guarded, positive
 from capsmm.errors import ConfigError, DataError
 from capsmm.inference import INPUT_KINDS, TrainedModel, load_run
 
 Item = dict[str, Path]
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

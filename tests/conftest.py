@@ -28,6 +28,16 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def run_script(main, argv, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a script's ``main(argv)``; argparse's usage errors exit through SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """``$CAPSMM_DATA`` holding Fashion-MNIST, or skip the test."""

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, run_script
 from PIL import Image
 from test_multimodal_cli import write_class_sorted_folders
 
@@ -34,13 +34,7 @@ def vision_run(tmp_path_factory):
 
 
 def run(argv, capsys):
-    """(exit status, stdout, stderr) of the script; argparse's usage errors exit through SystemExit."""
-    try:
-        code = predict.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_script(predict.main, argv, capsys)
 
 
 def digit_image(index=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script
+from conftest import load_script, run_script
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 from test_inference import multimodal_run, vision_run  # noqa: F401 - the shared tiny trained runs
@@ -151,13 +151,7 @@ def test_mean_corruption_error_and_against_a_baseline():
 
 
 def run(argv, capsys):
-    """(exit status, stdout, stderr) of the script; argparse's usage errors exit through SystemExit."""
-    try:
-        code = evaluate_script.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_script(evaluate_script.main, argv, capsys)
 
 
 def test_evaluate_writes_what_report_reads(vision_run, capsys):  # noqa: F811
