@@ -148,6 +148,13 @@ def test_mean_corruption_error_and_against_a_baseline():
     assert summary["mce"] == pytest.approx((0.4 + 0.1) / 2)
     assert summary["mce_vs_baseline"] == pytest.approx((2.0 / 2.0 + 0.5 / 1.0) / 2)
     assert summary["relative_mce_vs_baseline"] == pytest.approx((1.5 / 1.75 + 0.0 / 0.75) / 2)
+    assert summary["relative_mce_left_out"] == []
+    # a corruption the baseline does not suffer from (JPEG at 28x28: its errors at or below its clean error) normalises
+    # nothing: it is left out and named, not divided by ~0 (which gave relative mCEs of 1e9)
+    baseline["corruptions"]["c"], errors["c"] = [0.05, 0.04, 0.05, 0.05, 0.06], [0.3] * 5
+    summary = corruption_summary(errors, 0.1, baseline)
+    assert summary["relative_mce_vs_baseline"] == pytest.approx((1.5 / 1.75 + 0.0 / 0.75) / 2)
+    assert summary["relative_mce_left_out"] == ["c"]
 
 
 def run(argv, capsys):

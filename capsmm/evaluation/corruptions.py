@@ -240,6 +240,11 @@ def corruption_summary(errors: Mapping[str, Sequence[float]], clean_error: float
             raise ConfigError("the baseline's evaluation has none of these corruptions; evaluate it with the same --corruptions")
         theirs = baseline["corruptions"]
         summary["mce_vs_baseline"] = statistics.fmean(sum(errors[c]) / max(sum(theirs[c]), 1e-12) for c in shared)
-        summary["relative_mce_vs_baseline"] = statistics.fmean(
-            sum(e - clean_error for e in errors[c]) / max(sum(e - baseline["clean_error"] for e in theirs[c]), 1e-12) for c in shared)
+        # the rise above the clean error, relative to the baseline's rise: a corruption the baseline does not suffer
+        # from (its errors at or below its clean error) cannot normalise anything, and is left out and named
+        rises = {c: sum(e - baseline["clean_error"] for e in theirs[c]) for c in shared}
+        usable = [c for c in shared if rises[c] > 0]
+        summary["relative_mce_vs_baseline"] = (statistics.fmean(sum(e - clean_error for e in errors[c]) / rises[c] for c in usable)
+                                               if usable else None)
+        summary["relative_mce_left_out"] = sorted(set(shared) - set(usable))
     return summary
