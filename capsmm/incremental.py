@@ -217,7 +217,8 @@ def freeze_prototypes(model: CAPModel, optimizer: torch.optim.Optimizer, classes
     kept: list[Tensor] = []
 
     def keep(*_: Any) -> None:
-        kept[:] = [chunk.detach()[rows.to(chunk.device)] for chunk in chunks]
+        with torch.no_grad():
+            kept[:] = [chunk[rows.to(chunk.device)] for chunk in chunks]
 
     def restore(*_: Any) -> None:
         with torch.no_grad():

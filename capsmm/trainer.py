@@ -163,6 +163,7 @@ class Trainer:
                 f"fractions of the epochs, and epoch {epoch + 1}, trained as {trained[epoch]}, would be "
                 f"{self.schedule.mode_at(epoch, epochs)} in a run of {epochs} epochs; resume with train.epochs={saved_epochs}, "
                 "or train the new length in another folder (--out) or from scratch (--force)")
+
     def _check_ranks(self, written_by: int, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint that ``written_by`` ranks wrote when this run has another
         number: each rank's RNG stream and share of every batch (and, block-parallel, its blocks and
@@ -221,7 +222,7 @@ class Trainer:
         not distributed), so that every rank sees a non-finite loss of any rank's batch."""
         if not self.dist.enabled:
             return loss_sum
-        total = loss_sum.detach().clone()
+        total = loss_sum.clone()  # the sum of reported (graph-free) losses
         all_reduce_sum(self.dist, total)
         return total
 
@@ -235,9 +236,8 @@ class Trainer:
                 f"{self.out_dir}. Lower train.lr or use readout_norm=batchnorm"
             )
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Test error (fraction) with the model in eval mode."""
+        """Test error (fraction) with the model in eval mode (without gradients: :func:`capsmm.evaluation.predictions`)."""
         counts = error_counts(predictions(self.strategy.predict, self.model, self.test_loader), self.device)
         all_reduce_sum(self.dist, counts)
         return counts[0].item() / counts[1].item()

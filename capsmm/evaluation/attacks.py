@@ -27,7 +27,7 @@ Logits = Callable[[Tensor], Tensor]
 
 def _input_gradient(logits_of: Logits, x: Tensor, labels: Tensor) -> Tensor:
     """The gradient of the summed cross-entropy with respect to ``x``, through every block."""
-    x = x.detach().requires_grad_(True)
+    x = x.clone().requires_grad_(True)  # a leaf of its own: the attack's inputs carry no graph (every step builds them under no_grad)
     with torch.enable_grad(), gradient_kept():
         loss = F.cross_entropy(logits_of(x).float(), labels, reduction="sum")
         (gradient,) = torch.autograd.grad(loss, x)
@@ -36,7 +36,9 @@ def _input_gradient(logits_of: Logits, x: Tensor, labels: Tensor) -> Tensor:
 
 def fgsm(logits_of: Logits, x: Tensor, labels: Tensor, eps: float, bounds: tuple[float, float]) -> Tensor:
     """One step of size ``eps`` along the sign of the loss gradient, clipped to ``bounds``."""
-    return (x + eps * _input_gradient(logits_of, x, labels).sign()).clamp(*bounds).detach()
+    gradient = _input_gradient(logits_of, x, labels)
+    with torch.no_grad():
+        return (x + eps * gradient.sign()).clamp(*bounds)
 
 
 def pgd(logits_of: Logits, x: Tensor, labels: Tensor, eps: float, bounds: tuple[float, float], *, steps: int = PGD_STEPS,
@@ -45,14 +47,15 @@ def pgd(logits_of: Logits, x: Tensor, labels: Tensor, eps: float, bounds: tuple[
     ``x`` (and within ``bounds``): ``steps`` signed steps of ``step_size`` (default 2.5 eps / steps),
     from a uniform random point of the ball when ``random_start``."""
     step_size = PGD_STEP_FACTOR * eps / steps if step_size is None else step_size
-    x = x.detach().float()
+    x = x.float()
     adversarial = x
     if random_start:
         noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
         adversarial = (x + eps * noise).clamp(*bounds)
     for _ in range(steps):
-        adversarial = adversarial + step_size * _input_gradient(logits_of, adversarial, labels).sign()
-        adversarial = torch.minimum(torch.maximum(adversarial, x - eps), x + eps).clamp(*bounds).detach()
+        gradient = _input_gradient(logits_of, adversarial, labels)
+        with torch.no_grad():  # the step and the projection build no graph
+            adversarial = torch.minimum(torch.maximum(adversarial + step_size * gradient.sign(), x - eps), x + eps).clamp(*bounds)
     return adversarial
 
 

@@ -124,6 +124,12 @@ class StepOutput(NamedTuple):
     logits: Tensor | None
     """(B, C) class scores of the batch, detached"""
 
+    @classmethod
+    def reported(cls, loss: Tensor, logits: Tensor) -> "StepOutput":
+        """The values a step reports, cut from its graph so that holding them keeps no activation alive
+        (the one place a strategy detaches; the method's stop-gradient is :func:`capsmm.encoder.stop_gradient`)."""
+        return cls(loss.detach(), logits.detach())
+
 
 class Strategy(ABC):
     """How a step turns a batch into parameter updates; see the module docstring.
@@ -222,4 +228,4 @@ class LocalStrategy(Strategy):
                 hook()
         with phase("optimizer"):
             self.optimizer.step()
-        return StepOutput(loss.detach(), output.logits.detach())
+        return StepOutput.reported(loss, output.logits)

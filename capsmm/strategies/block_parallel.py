@@ -201,7 +201,7 @@ class BlockParallel(Strategy):
         output, leaves = self.head_output(own, len(labels))
         loss = training_loss(output, labels) * share
         loss.backward()
-        reported.append((loss.detach(), output.logits.detach()))
+        reported.append(StepOutput.reported(loss, output.logits))
         return leaves
 
     @staticmethod
