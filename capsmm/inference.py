@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig, flatten_dict, multimodal_schema, set_value
+from .config import RunConfig, config_from_saved, multimodal_schema
 from .data.batches import Normalize
-from .errors import CapsmmError, CheckpointError, ConfigError, DataError
+from .errors import CapsmmError, CheckpointError, DataError
 from .model import CAPModel, CAPOutput
 from .modes import ModeSchedule
 from .pipeline import PIPELINE, PIPELINE_FORMAT, describe_inputs
@@ -225,16 +225,8 @@ def _schema(kind: str) -> type:
 
 
 def rebuild_config(saved: Mapping[str, Any], run_dir: Path) -> Any:
-    """The run's config object from its saved dict; a key this capsmm does not know is a
-    :class:`CheckpointError` (the run was written by an incompatible version)."""
-    config = _schema(run_kind(saved))()
-    for key, value in flatten_dict({k: v for k, v in saved.items() if k != "task"}).items():
-        try:
-            set_value(config, key, value)
-        except ConfigError as error:
-            raise CheckpointError(f"{run_dir} was written by an incompatible capsmm version (its config: {error}); "
-                                  f"use the capsmm release that trained it") from None
-    return config
+    """The run's config object from its saved dict (an incremental task's ``task`` record aside)."""
+    return config_from_saved(_schema(run_kind(saved)), {k: v for k, v in saved.items() if k != "task"}, run_dir)
 
 
 def _checkpoint_path(run_dir: Path, kind: str, results: Mapping[str, Any]) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import MODALITY_SECTIONS, MultimodalRun, multimodal_schema
+from .config import MODALITY_SECTIONS, MultimodalRun, config_from_saved, multimodal_schema
 from .data import ModalSplit, load_dataset
 from .encoder import encoder_options
 from .errors import CheckpointError, DataError
@@ -52,15 +52,12 @@ def extend_trained_model(config: MultimodalRun, specs: dict[str, EncoderSpec], n
     """
 
     def build(saved: dict[str, Any]) -> CAPModel:
-        old = multimodal_schema()()
-        for section in [*(f"{m}_model" for m in MODALITY_SECTIONS.names()), "model"]:
-            for key, value in saved.get(section, {}).items():
-                setattr(getattr(old, section), key, value)
         old_modalities = saved.get("multimodal", {}).get("modalities", [])
         missing = sorted(set(old_modalities) - set(specs))
         if missing or saved.get("multimodal", {}).get("fusion") != "joint":
             raise CheckpointError(f"{config.multimodal.extend_from}: can extend a joint run whose modalities are among "
                                   f"{sorted(specs)}; it has fusion {saved.get('multimodal', {}).get('fusion')}, modalities {old_modalities}")
+        old = config_from_saved(multimodal_schema(), saved, Path(config.multimodal.extend_from))
         old_specs = encoder_specs(old, {n: specs[n].in_shape for n in old_modalities}, old_modalities)
         model = build_fusion_model("joint", old_specs, num_classes=num_classes, mode=saved["train"]["mode"],
                                    head_options=old.model.head_options())

@@ -11,12 +11,14 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from .folders import flatten_dict
 from .fields import one_of
 from .schemas import RunConfig
 
@@ -170,3 +172,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def config_from_saved(schema: type, saved: Mapping[str, Any], where: Path) -> Any:
+    """The config object of a run from the dict saved with it (``results.json``, a checkpoint); a key
+    this capsmm does not know, or a value it refuses, is a :class:`CheckpointError`: the run at ``where``
+    was written by an incompatible version."""
+    config = schema()
+    for key, value in flatten_dict(dict(saved)).items():
+        try:
+            set_value(config, key, value)
+        except ConfigError as error:
+            raise CheckpointError(f"{where} was written by an incompatible capsmm version (its config: {error}); "
+                                  "use the capsmm release that trained it") from None
+    return config
