@@ -93,9 +93,9 @@ def load_eval_set(trained: TrainedModel, datasets: Mapping[str, str] | None = No
     return EvalSet("+".join(names), inputs, labels)
 
 
-def _outputs(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = None) -> dict[str, Tensor]:
-    """Logits, CAP similarity, typicality and labels over ``data`` (``adversary``: stored batch,
-    labels -> attacked stored batch, applied first)."""
+def _outputs(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = None, scores: bool = True) -> dict[str, Tensor]:
+    """Logits and labels over ``data``, with ``scores`` also the CAP similarity and typicality
+    (``adversary``: stored batch, labels -> attacked stored batch, applied first)."""
 
     def summary(item: tuple[dict[str, Tensor], Tensor]) -> dict[str, Tensor]:
         stored, labels = item
@@ -103,6 +103,8 @@ def _outputs(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = 
             stored = adversary(stored, labels)
         output = trained.output(stored)
         found = {"logits": output.logits.float()}
+        if not scores:  # an error rate (corruptions, attacks) needs the logits alone
+            return found
         similarity = trained.similarity(output, sorted(stored))
         if similarity is not None:
             found["similarity"] = similarity
@@ -118,10 +120,13 @@ def _outputs(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = 
     return merged
 
 
-def _error(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = None) -> float:
-    outputs = _outputs(trained, data, batch, adversary)
+def _error_rate(outputs: Mapping[str, Tensor]) -> float:
     wrong, seen = error_counts([(outputs["logits"], outputs["labels"])]).tolist()
     return wrong / seen
+
+
+def _error(trained: TrainedModel, data: EvalSet, batch: int, adversary: Any = None) -> float:
+    return _error_rate(_outputs(trained, data, batch, adversary, scores=False))
 
 
 def adversarial_errors(trained: TrainedModel, data: EvalSet, name: str, eps: Sequence[float], *, modality: str | None = None,
@@ -163,8 +168,7 @@ def evaluate(trained: TrainedModel, data: EvalSet, *, corruptions: Mapping[str, 
     severity) with their summary (``mce``; against ``baseline``'s evaluation, the normalised and
     relative mCE); ``adversarial`` errors; ``ood`` detection (AUROC, FPR at 95% TPR per score)."""
     clean = _outputs(trained, data, batch)
-    wrong, seen = error_counts([(clean["logits"], clean["labels"])]).tolist()
-    result: dict[str, Any] = {"test_set": data.name, "samples": seen, "clean_error": wrong / seen,
+    result: dict[str, Any] = {"test_set": data.name, "samples": len(clean["labels"]), "clean_error": _error_rate(clean),
                               "calibration": calibration(clean["logits"], clean["labels"])}
     if corruptions:
         errors = corruption_errors(trained, data, corruptions, batch)
