@@ -78,17 +78,23 @@ def conform_images(images: Tensor, pipeline: dict[str, Any]) -> Tensor:
 
 
 def read_image(path: Path, pipeline: dict[str, Any]) -> Tensor:
-    """One image file of any mode (grey, RGB, RGBA, palette...) as uint8 (C, H, W) of the pipeline:
-    decoded by PIL and converted as torchvision's ImageFolder does for training (``convert("RGB")``,
-    or straight to grey for a grey model), then :func:`conform_images`."""
+    """One image file of any mode (grey, RGB, RGBA, palette...) as uint8 (C, H, W) of the pipeline,
+    prepared as an image-folder training set is read (:func:`capsmm.data.vision.load_image_folder`):
+    decoded by PIL, converted (``convert("RGB")``, as torchvision's ImageFolder loader does, or
+    ``convert("L")`` for a grey model) and, when its size differs, resized on the PIL image by the
+    very function training's ``v2.Resize`` calls. A tensor resize would round some pixels
+    differently. ``convert("L")`` of a grey image equals the red channel of ``convert("RGB")``,
+    which a grey training set keeps, and PIL resizes each band alike, so a grey model sees the
+    pixels training would have given it; a colour image is brought to grey by luminance."""
     from PIL import Image
 
-    grey = pipeline["in_shape"][0] == 1
+    channels, height, width = pipeline["in_shape"]
     with Image.open(path) as image:
-        array = np.asarray(image.convert("L" if grey else "RGB"))
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return conform_images(tensor[None], pipeline)[0]
+        image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = TF.resize(image, [height, width], antialias=True)
+    array = np.asarray(image)
+    return torch.from_numpy(np.array(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), order="C"))  # a writable copy
 
 
 INPUT_KINDS.register("image")(InputKind(

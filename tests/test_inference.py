@@ -12,9 +12,11 @@ from PIL import Image
 from test_multimodal_cli import write_class_sorted_folders
 
 import capsmm
-from capsmm.config import build_runs
+from capsmm.config import DataConfig, build_runs
+from capsmm.data import load_image_dataset
 from capsmm.data.vision import load_digits
 from capsmm.errors import CheckpointError
+from capsmm.inference import read_image
 from capsmm.pipeline import PIPELINE
 from capsmm.training import train
 
@@ -79,6 +81,31 @@ def test_images_of_any_size_and_mode_are_prepared_as_in_training(vision_run, tmp
     for record in same_size:
         assert record["top"][0]["probability"] == pytest.approx(expected["probabilities"][0].max().item(), abs=1e-6)
         assert record["similarity"] == pytest.approx(expected["similarity"][0, expected["probabilities"][0].argmax()].item(), abs=1e-6)
+
+
+def mixed_images(folder, colour):
+    """Files of other sizes (larger, smaller, not square) and modes (grey, RGB, RGBA, palette, grey
+    with alpha); all grey in content unless ``colour``, which adds one colourful RGB file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for k, (size, mode) in enumerate([((40, 40), "L"), ((17, 23), "RGB"), ((100, 60), "RGBA"), ((12, 12), "P"), ((8, 8), "LA"), ((31, 9), "L")]):
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).convert(mode).save(folder / f"{k}.png")
+    if colour:
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_resized_image_is_read_as_the_training_image_folder_reads_it(tmp_path, colour):
+    """An image-folder training set resizes PIL images (torchvision's Resize on the PIL image); a tensor
+    resize rounds some pixels differently, so predicting reads files exactly as that set holds them."""
+    for split in ("train", "test"):
+        files = mixed_images(tmp_path / split / "any", colour)
+    data = load_image_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=12))
+    assert data.in_shape == ((3 if colour else 1), 12, 12)
+    pipeline = {"in_shape": list(data.in_shape)}
+    for index, path in enumerate(files):  # ImageFolder reads a class's files in sorted order
+        assert torch.equal(read_image(path, pipeline), data.test.images[index]), path.name
 
 
 def test_a_corrupt_file_gets_one_line_and_the_others_are_predicted(vision_run, tmp_path, capsys):
