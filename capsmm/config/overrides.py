@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -72,19 +73,23 @@ def _is_section(tp: Any) -> bool:
     return dataclasses.is_dataclass(tp)
 
 
+@functools.cache
+def _field_types(cls: type) -> Mapping[str, Any]:
+    """Field name -> annotation of a dataclass, evaluated once per class: ``typing.get_type_hints``
+    evaluates the string annotations anew each call, and setting a saved config's 50-odd keys
+    (loading a run for ``predict.py``) called it 300 times, about 30 ms."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
+
+
 def sections(schema: type) -> dict[str, type]:
     """Section name -> dataclass of a run-config schema (``data``, ``model``, ``train``...), in field order."""
-    hints = typing.get_type_hints(schema)
+    hints = _field_types(schema)
     return {f.name: hints[f.name] for f in dataclasses.fields(schema) if _is_section(hints[f.name])}
 
 
 def top_level(schema: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(schema)
+    hints = _field_types(schema)
     return {f.name: hints[f.name] for f in dataclasses.fields(schema) if not _is_section(hints[f.name])}
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def describe_keys(schema: type = RunConfig) -> str:
