@@ -105,6 +105,17 @@ def positive(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0 (a count that may be none), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in comma_list(text)]

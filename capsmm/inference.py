@@ -15,7 +15,7 @@ business: it registers an :class:`InputKind` in :data:`INPUT_KINDS` (images here
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,83 @@ INPUT_KINDS.register("image")(InputKind(
     prepare=lambda pipeline: Normalize(pipeline["mean"], pipeline["std"]), scale=255.0, bounds=(0.0, 255.0)))
 
 
+def read_input(modality: str, path: Path, pipeline: dict[str, Any]) -> Tensor:
+    """One file as a stored sample of ``modality`` fitted to ``pipeline``; an unreadable one is a
+    one-line :class:`DataError` naming it. A function of the pipeline alone, so that the worker
+    processes of :func:`read_batches` need nothing of the model."""
+    try:
+        return INPUT_KINDS.get(modality).read(path if isinstance(path, Path) else Path(path), pipeline)
+    except CapsmmError:
+        raise
+    except Exception as error:  # noqa: BLE001 - PIL: UnidentifiedImageError, OSError, DecompressionBombError...; numpy: ValueError
+        raise DataError(f"cannot read {modality} file {path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+#: one input to predict: modality -> its file
+InputFiles = Mapping[str, Path]
+
+
+@dataclass
+class ReadBatch:
+    """A batch of inputs as read, ready for :meth:`TrainedModel.predict`."""
+
+    groups: list[tuple[list[int], dict[str, Tensor]]]
+    """per set of modalities that inputs give: the positions in the batch of those read, and their
+    stored samples stacked (modality -> (N, ...))"""
+    errors: list[str]
+    """one line for each input that could not be read, in the batch's order"""
+
+
+def read_batch(batch: Sequence[InputFiles], pipelines: Mapping[str, dict[str, Any]]) -> ReadBatch:
+    """Read every file of ``batch``; one that cannot be read drops its input and leaves a line in
+    ``errors`` (the other inputs are still read)."""
+    read: dict[tuple[str, ...], tuple[list[int], list[dict[str, Tensor]]]] = {}
+    errors = []
+    for position, files in enumerate(batch):
+        try:
+            stored = {m: read_input(m, p, pipelines[m]) for m, p in files.items()}
+        except DataError as error:
+            errors.append(str(error))
+            continue
+        positions, samples = read.setdefault(tuple(sorted(files)), ([], []))
+        positions.append(position)
+        samples.append(stored)
+    groups = [(positions, {m: torch.stack([s[m] for s in samples]) for m in names}) for names, (positions, samples) in read.items()]
+    return ReadBatch(groups, errors)
+
+
+class _BatchFiles(torch.utils.data.Dataset):
+    """Batches of input files as a data set whose n-th sample is the n-th batch read, for a
+    DataLoader's workers (without automatic batching, a DataLoader hands a ReadBatch on as it is)."""
+
+    def __init__(self, batches: Sequence[Sequence[InputFiles]], pipelines: Mapping[str, dict[str, Any]]) -> None:
+        self.batches, self.pipelines = batches, pipelines
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> ReadBatch:
+        return read_batch(self.batches[index], self.pipelines)
+
+
+def read_batches(inputs: Sequence[InputFiles], pipelines: Mapping[str, dict[str, Any]], batch_size: int,
+                 workers: int = 0) -> Iterator[tuple[Sequence[InputFiles], ReadBatch]]:
+    """``inputs`` in batches of ``batch_size``, each with its :class:`ReadBatch`, in order.
+
+    With ``workers`` > 0, that many processes (a DataLoader's) read the next batches while the
+    caller predicts on this one: decoding small files costs about as much as a small model's
+    forward pass, and the two then overlap instead of adding up. The batches, and so every
+    prediction, are the same as with ``workers=0``, which reads each batch when it is asked for.
+    """
+    batches = [inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size)]
+    if workers == 0 or len(batches) < 2:  # one batch: nothing to read ahead of
+        for batch in batches:
+            yield batch, read_batch(batch, pipelines)
+        return
+    loader = torch.utils.data.DataLoader(_BatchFiles(batches, pipelines), batch_size=None, num_workers=min(workers, len(batches)))
+    yield from zip(batches, loader)
+
+
 # ---------------------------------------------------------------------------------------------- the trained model
 
 
@@ -130,12 +207,7 @@ class TrainedModel:
 
     def read(self, modality: str, path: Path) -> Tensor:
         """One file as a stored sample of ``modality`` (an unreadable one is a one-line :class:`DataError`)."""
-        try:
-            return self.input_kind(modality).read(Path(path), self.pipelines[modality])
-        except CapsmmError:
-            raise
-        except Exception as error:  # noqa: BLE001 - PIL: UnidentifiedImageError, OSError, DecompressionBombError...; numpy: ValueError
-            raise DataError(f"cannot read {modality} file {path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        return read_input(modality, path, self.pipelines[modality])
 
     def model_inputs(self, stored: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Stored batches (any subset of the modalities) -> the model's inputs, on its device."""
@@ -333,4 +405,5 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data_ro
     return TrainedModel(model, list(classes), {k: pipelines[k] for k in sorted(pipelines)}, config, run_dir, kind, target)
 
 
-__all__ = ["INPUT_KINDS", "InputKind", "TrainedModel", "cap_similarity", "conform_images", "load_run", "read_image"]
+__all__ = ["INPUT_KINDS", "InputFiles", "InputKind", "ReadBatch", "TrainedModel", "cap_similarity", "conform_images", "load_run",
+           "read_batch", "read_batches", "read_image", "read_input"]

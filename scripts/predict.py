@@ -10,6 +10,10 @@ the modalities given), and prints each modality's own prediction and gate beside
 An unreadable file gets one line naming it; the others are still predicted, and the exit status
 is then 2.
 
+Inputs are predicted in batches (``--batch-size``); worker processes (``--workers``) read the next
+batches while the model predicts on this one, which changes no prediction: the batches are the
+same.
+
 Examples:
   python scripts/predict.py runs/quickstart/bp/seed-0 digit.png more_digits/
   python scripts/predict.py runs/mm/seed-0 --image a.png --audio a.wav --top-k 3 --json
@@ -19,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from capsmm.cli import OneLineArgumentParser, guarded, positive
-from capsmm.errors import ConfigError, DataError
-from capsmm.inference import INPUT_KINDS, TrainedModel, load_run
+from capsmm.cli import OneLineArgumentParser, guarded, non_negative, positive
+from capsmm.errors import ConfigError
+from capsmm.inference import INPUT_KINDS, ReadBatch, TrainedModel, load_run, read_batches
 
 Item = dict[str, Path]
 
@@ -44,15 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="JSON lines instead of text")
     parser.add_argument("--batch-size", type=positive, default=256, help="inputs per forward pass (default 256)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    parser.add_argument("--workers", type=non_negative, metavar="N",
+                        help="processes that read the next batches' files while the model predicts "
+                             "(default: half the CPUs, at most 8; 0: read each batch in this process, then predict it)")
+    parser.add_argument("--threads", type=positive, metavar="N",
+                        help="CPU threads of the forward pass (default: torch's, less the CPUs the reading workers take)")
     parser.add_argument("--data-root", help="only for a run older than input_pipeline.json: where its training data lies")
     return parser
 
 
 def expand(path: Path, suffixes: Sequence[str]) -> list[Path]:
-    """A file as itself; a folder as its files with ``suffixes``, recursively, in sorted order."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    return [path]
+    """A file as itself; a folder as its files with ``suffixes``, recursively (not into linked
+    folders, as ``Path.rglob``), in ``Path`` order. One ``scandir`` per folder and no ``stat`` per
+    file: ``rglob`` and ``is_file`` on 10,000 files took half as long as decoding them."""
+    if not path.is_dir():
+        return [path]
+    found, folders = [], [os.fspath(path)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in suffixes and entry.is_file():
+                    found.append(entry.path)
+    return [Path(p) for p in sorted(found, key=lambda p: os.path.normcase(p).split(os.sep))]  # Path compares part by part
 
 
 def items_from(args: argparse.Namespace, trained: TrainedModel) -> list[Item]:
@@ -77,29 +97,33 @@ def items_from(args: argparse.Namespace, trained: TrainedModel) -> list[Item]:
     return [{modality: path} for given in args.inputs for path in (expand(given, suffixes) or [given])]
 
 
-def chunks(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def top(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> tuple[list[list[dict[str, Any]]], torch.Tensor]:
+    """(B, C) probabilities -> per row its ``k`` most probable classes, most probable first, and
+    their (B, k) indices (one topk and one tolist for the batch, not tensor operations per row)."""
+    values, indices = probabilities.topk(min(k, len(classes)), dim=1)
+    entries = [[{"class": classes[i], "probability": v} for v, i in zip(row_values, row_indices)]
+               for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+    return entries, indices
 
 
-def top(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> list[tuple[str, float, int]]:
-    values, indices = probabilities.topk(min(k, len(classes)))
-    return [(classes[i], float(v), int(i)) for v, i in zip(values.tolist(), indices.tolist())]
-
-
-def describe(item: Item, result: dict[str, Any], row: int, trained: TrainedModel, k: int) -> dict[str, Any]:
-    """The record of one prediction (what a JSON line holds)."""
-    best = top(result["probabilities"][row], trained.classes, k)
+def describe(items: Sequence[Item], result: dict[str, Any], trained: TrainedModel, k: int) -> list[dict[str, Any]]:
+    """The records of a batch's predictions (what its JSON lines hold), one per item; the items give
+    the same modalities."""
+    best, indices = top(result["probabilities"], trained.classes, k)
     similarity = result["similarity"]
-    record: dict[str, Any] = {"input": {m: str(p) for m, p in item.items()} if len(trained.modalities) > 1 else str(next(iter(item.values()))),
-                              "top": [{"class": c, "probability": p} for c, p, _ in best],
-                              "similarity": None if similarity is None else float(similarity[row, best[0][2]])}
-    if len(item) > 1:
-        names = sorted(item)
-        gates = result.get("gates")
-        record["modalities"] = {m: {"top": [{"class": c, "probability": p} for c, p, _ in top(result[f"probabilities.{m}"][row], trained.classes, k)],
-                                    "gate": None if gates is None else float(gates[names.index(m), row])} for m in names}
-    return record
+    if similarity is not None:
+        similarity = similarity.gather(1, indices[:, :1])[:, 0].tolist()  # to the top class's prototype
+    names = sorted(items[0]) if items else []
+    own = {m: top(result[f"probabilities.{m}"], trained.classes, k)[0] for m in names} if len(names) > 1 else {}
+    gates = None if result.get("gates") is None else result["gates"].tolist()
+    records = []
+    for row, item in enumerate(items):
+        record: dict[str, Any] = {"input": {m: str(p) for m, p in item.items()} if len(trained.modalities) > 1 else str(next(iter(item.values()))),
+                                  "top": best[row], "similarity": None if similarity is None else similarity[row]}
+        if own:
+            record["modalities"] = {m: {"top": own[m][row], "gate": None if gates is None else gates[names.index(m)][row]} for m in names}
+        records.append(record)
+    return records
 
 
 def line(record: dict[str, Any]) -> str:
@@ -115,33 +139,49 @@ def line(record: dict[str, Any]) -> str:
     return text
 
 
-def predict_chunk(trained: TrainedModel, chunk: Sequence[Item], args: argparse.Namespace) -> int:
-    """Read and predict one batch of items, printing a line each; returns how many failed to read."""
-    read: list[tuple[Item, dict[str, torch.Tensor]]] = []
-    failures = 0
-    for item in chunk:
-        try:
-            read.append((item, {m: trained.read(m, p) for m, p in item.items()}))
-        except DataError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failures += 1
-    groups: dict[tuple[str, ...], list[tuple[Item, dict[str, torch.Tensor]]]] = {}
-    for entry in read:
-        groups.setdefault(tuple(sorted(entry[0])), []).append(entry)
-    for names, entries in groups.items():
-        result = trained.predict({m: torch.stack([stored[m] for _, stored in entries]) for m in names})
-        for row, (item, _) in enumerate(entries):
-            record = describe(item, result, row, trained, args.top_k)
-            print(json.dumps(record) if args.json else line(record))
-    return failures
+def predict_batch(trained: TrainedModel, batch: Sequence[Item], read: ReadBatch, args: argparse.Namespace) -> int:
+    """Predict one batch as read, writing a line per input (the batch's lines in one write, not a
+    print each); returns how many of its inputs could not be read."""
+    for error in read.errors:
+        print(f"error: {error}", file=sys.stderr)
+    lines = []
+    for positions, stored in read.groups:
+        result = trained.predict(stored)
+        for record in describe([batch[p] for p in positions], result, trained, args.top_k):
+            lines.append(json.dumps(record) if args.json else line(record))
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    return len(read.errors)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def reading_plan(args: argparse.Namespace) -> tuple[int, int]:
+    """(reading worker processes, forward-pass threads): by default half the CPUs read (at most 8)
+    and the forward pass keeps the rest, so that the two do not contend for the same CPUs."""
+    cpus = available_cpus()
+    workers = min(8, cpus // 2) if args.workers is None else args.workers
+    threads = args.threads or (min(torch.get_num_threads(), max(1, cpus - workers)) if workers else torch.get_num_threads())
+    return workers, threads
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    trained = load_run(args.run, args.device, data_root=args.data_root)
-    items = items_from(args, trained)
-    failures = sum(predict_chunk(trained, chunk, args) for chunk in chunks(items, args.batch_size))
+    workers, threads = reading_plan(args)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # loading too: building the model runs it once
+    try:
+        trained = load_run(args.run, args.device, data_root=args.data_root)
+        items = items_from(args, trained)
+        failures = sum(predict_batch(trained, batch, read, args)
+                       for batch, read in read_batches(items, trained.pipelines, args.batch_size, workers))
+    finally:
+        torch.set_num_threads(previous)  # main() is also called in-process (tests, bench_predict.py)
     if failures:
         print(f"error: {failures} of {len(items)} input(s) could not be read (named above); the others were predicted", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from capsmm.config import DataConfig, build_runs
 from capsmm.data import load_image_dataset
 from capsmm.data.vision import load_digits
 from capsmm.errors import CheckpointError
-from capsmm.inference import read_image
+from capsmm.inference import INPUT_KINDS, read_image
 from capsmm.pipeline import PIPELINE
 from capsmm.training import train
 
@@ -116,6 +116,43 @@ def test_a_corrupt_file_gets_one_line_and_the_others_are_predicted(vision_run, t
     assert len(out.splitlines()) == 1 and out.startswith(str(tmp_path / "good.png"))
     lines = err.splitlines()
     assert len(lines) == 3 and "bad.png" in lines[0] and "missing.png" in lines[1] and "2 of 3 input(s)" in lines[2]
+
+
+def test_reading_ahead_in_workers_changes_no_prediction(vision_run, tmp_path, capsys):
+    """Worker processes that read the next batches (--workers) give the very lines and errors of
+    reading each batch in turn, and each input the prediction it gets alone (a batch of one)."""
+    folder = tmp_path / "mixed"
+    good = mixed_images(folder, colour=True)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    common = [str(vision_run), str(folder), "--json", "--top-k", "3", "--batch-size", "3", "--threads", "1"]
+    ahead = run([*common, "--workers", "2"], capsys)
+    in_turn = run([*common, "--workers", "0"], capsys)
+    assert ahead == in_turn
+    code, out, err = ahead
+    assert code == 2 and len(err.splitlines()) == 2 and "corrupt.png" in err.splitlines()[0] and "1 of 8 input(s)" in err.splitlines()[1]
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["input"] for r in records] == [str(p) for p in good]
+    trained = capsmm.load_run(vision_run)
+    for record, path in zip(records, good):
+        alone = trained.predict({"image": trained.read("image", path)[None]})
+        best = alone["probabilities"][0].topk(3)
+        assert [e["class"] for e in record["top"]] == [trained.classes[i] for i in best.indices.tolist()]
+        assert [e["probability"] for e in record["top"]] == pytest.approx(best.values.tolist(), abs=1e-6)
+        assert record["similarity"] == pytest.approx(alone["similarity"][0, best.indices[0]].item(), abs=1e-6)
+
+
+def test_folders_expand_to_their_files_in_path_order(tmp_path):
+    """Folders expand as ``sorted(rglob)`` of the files with the modality's suffixes (part by part:
+    ``a/`` before ``a-b/``), not into linked folders."""
+    for name in ["a/1.png", "a-b/1.png", "a/b/2.PNG", "a/b/.png", "A/3.jpg", "notes.txt", "c/d.e/f.webp", "ab/1.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "linked.png").symlink_to(tmp_path / "a" / "1.png")
+    suffixes = INPUT_KINDS.get("image").suffixes
+    expected = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    assert predict.expand(tmp_path, suffixes) == expected
+    assert [p.relative_to(tmp_path).as_posix() for p in expected] == ["A/3.jpg", "a/1.png", "a/b/2.PNG", "a-b/1.png", "ab/1.png", "c/d.e/f.webp", "linked.png"]
 
 
 @pytest.mark.parametrize("mutate, fragment", [
