@@ -230,3 +230,13 @@ def test_a_class_incremental_run_loads_its_last_task(tmp_path, capsys):
     digits = load_digits(None, None)
     accuracy = (trained.predict({"image": digits.test.images})["probabilities"].argmax(1) == digits.test.labels).float().mean().item()
     assert accuracy == pytest.approx(json.loads((tmp_path / "inc" / "results.json").read_text())["final_accuracy"], abs=1e-6)
+
+
+def test_bench_predict_measures_each_part_side_by_side(capsys):
+    code, out, err = run_script(load_script("bench_predict").main, ["--files", "30", "--hidden", "16", "--repeats", "2"], capsys)
+    assert code == 0, err
+    *repeats, spread = [json.loads(line) for line in out.splitlines()]
+    assert len(repeats) == 2 and spread["repeats"] == 2 and spread["ratio_min"] <= spread["ratio_median"] <= spread["ratio_max"]
+    for record in repeats:
+        parts = ["bytes_s", "decode_s", "read_s", "load_s", "list_s", "forward_s", "lines_s", "sequential_s", "predict_s"]
+        assert all(record[part] >= 0 for part in parts) and record["ratio"] > 0  # seconds to 3 decimals: 30 files may list in 0.000
