@@ -149,7 +149,6 @@ class ForwardForward(nn.Module):
         """The linear classifier's (B, C) logits on the patterns (length-normalised activities) of layers 2..L."""
         return self.classifier(torch.cat([p.float() for p in patterns[1:]], dim=1))
 
-    @torch.no_grad()
     def goodness_logits(self, run: Run, x: Tensor) -> Tensor:
         """(B, C): for each label, the goodness accumulated over layers 2..L with that label written in (C passes, one batch)."""
         C, B = self.num_classes, len(x)
@@ -159,9 +158,9 @@ class ForwardForward(nn.Module):
         return rearrange(total, "(c b) -> b c", c=C)
 
     def scores(self, run: Run, x: Tensor, predictor: str | None = None) -> tuple[Tensor, list[Tensor]]:
-        """The (B, C) scores of ``predictor`` (default: the model's) and the neutral sample's patterns."""
-        with torch.no_grad():
-            patterns = [block.pattern for block in run(self.neutral(x))]
+        """The (B, C) scores of ``predictor`` (default: the model's) and the neutral sample's patterns. With
+        the gradient on (an attack under :func:`capsmm.encoder.gradient_kept`), both are functions of ``x``."""
+        patterns = [block.pattern for block in run(self.neutral(x))]
         if (predictor or self.predictor) == "linear":
             return self.classify(patterns), patterns
         return self.goodness_logits(run, x), patterns
