@@ -93,6 +93,19 @@ def _step(variant: Variant, images: Tensor, labels: Tensor, timer: PhaseTimer | 
     variant.strategy.step(images, labels, timer)
 
 
+def predict_ms(model: CAPModel, images: Tensor, reps: int = 5, **ff: str) -> float:
+    """Median milliseconds of the eval-mode prediction of one batch (Forward-Forward's ``goodness``
+    predictor, ``ff={"predictor": "goodness"}``, makes C passes)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            if ff:
+                return _time_ms(lambda: model.ff_scores(images, ff["predictor"]), reps)
+            return _time_ms(lambda: model(images), reps)
+    finally:
+        model.train()
+
+
 def time_variants(variants: Sequence[Variant], images: Tensor, labels: Tensor, *, iters: int, warmup: int) -> None:
     """Warm every variant up, then step them round-robin ``iters`` times, recording per-phase times."""
     device = images.device
@@ -221,6 +234,9 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
             "params_m": count_parameters(variant.model)["total"] / 1e6,
         }
         record.update({key: statistics.median(values) for key, values in variant.times.items()})
+        record["predict_ms"] = predict_ms(variant.model, images)
+        if variant.model.ff is not None:
+            record["predict_goodness_ms"] = predict_ms(variant.model, images, predictor="goodness")
         if memory:
             record["peak_memory_mib"], record["activation_mib"], record["memory_method"] = peak_step_memory(variant, images, labels)
         records.append(record)
@@ -248,7 +264,7 @@ def _add_ratios(records: list[dict[str, Any]]) -> None:
         reference = next((r for r in records if r["mode"] == "bp" and _same_speed_options(r["options"], record["options"])), None)
         if reference is None:
             continue
-        for key in ("forward_ms", "backward_ms", "step_ms", "peak_memory_mib", "activation_mib"):
+        for key in ("forward_ms", "backward_ms", "step_ms", "predict_ms", "peak_memory_mib", "activation_mib"):
             if key in record and reference.get(key):
                 record[f"{key.removesuffix('_ms').removesuffix('_mib')}_vs_bp"] = record[key] / reference[key]
 
@@ -262,12 +278,15 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         value = format(record[key], fmt)
         return f"{value} ({record[ratio]:.2f}x)" if ratio in record and record["mode"] != "bp" else value
 
-    lines = ["| backbone | method | params (M) | memory (MiB) | activations (MiB) | forward (ms) | backward (ms) | optimizer (ms) | step (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | method | params (M) | memory (MiB) | activations (MiB) | forward (ms) | backward (ms) | optimizer (ms) | step (ms) "
+             "| predict (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        predict = cell(r, 'predict_ms', 'predict_vs_bp', '.1f')
+        if "predict_goodness_ms" in r:  # Forward-Forward: its linear classifier / its C-pass goodness
+            predict += f" / goodness {r['predict_goodness_ms']:.1f}"
         lines.append(
             f"| {r['backbone']} | {r['label']} | {r['params_m']:.2f} | {cell(r, 'peak_memory_mib', 'peak_memory_vs_bp', '.0f')} | "
             f"{cell(r, 'activation_mib', 'activation_vs_bp', '.0f')} | {cell(r, 'forward_ms', 'forward_vs_bp', '.1f')} | "
-            f"{cell(r, 'backward_ms', 'backward_vs_bp', '.1f')} | {r['optimizer_ms']:.1f} | {cell(r, 'step_ms', 'step_vs_bp', '.1f')} |"
+            f"{cell(r, 'backward_ms', 'backward_vs_bp', '.1f')} | {r['optimizer_ms']:.1f} | {cell(r, 'step_ms', 'step_vs_bp', '.1f')} | {predict} |"
         )
     return "\n".join(lines)

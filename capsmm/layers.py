@@ -4,22 +4,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import ConfigError
 
 POOL = "M"
-ACTIVATIONS = ("relu", "leakyrelu")
+ACTIVATIONS = ("relu", "leakyrelu", "relu-full-grad")
+
+
+class _ReLUPassingGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad
+
+
+class ReLUFullGrad(nn.Module):
+    """ReLU forward, identity backward: the gradient passes where the unit is off too, so a silent unit
+    can come back. The activation of the Forward-Forward reference (loeweX/Forward-Forward's
+    ``ReLU_full_grad``), whose goodness loss would otherwise leave units dead for good."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ReLUPassingGradient.apply(x)
 
 
 def activation(name: str) -> nn.Module:
-    """``relu``, or ``leakyrelu`` (slope 0.01, as local-loss uses it)."""
+    """``relu``, ``leakyrelu`` (slope 0.01, as local-loss uses it), or ``relu-full-grad`` (:class:`ReLUFullGrad`)."""
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "leakyrelu":
         return nn.LeakyReLU(0.01, inplace=True)
+    if name == "relu-full-grad":
+        return ReLUFullGrad()
     raise ConfigError(f"unknown activation '{name}'; valid: {', '.join(ACTIVATIONS)}")
 
 

@@ -12,6 +12,7 @@ METRIC_NAMES: dict[str, str] = {
     "optimizer_ms": "the optimiser's step on one batch",
     "step_ms": "one whole training step: forward + backward + optimizer of the same batch (median over batches)",
     "epoch_seconds": "wall time of the epoch: training, evaluation, diagnostics, checkpoint",
+    "train_seconds": "wall time of the epoch's training steps alone (its batches, without evaluation or checkpoint)",
     "wall_seconds": "wall time of all epochs of the run, resumed ones included",
     "train_loss": "mean training loss over the epoch's batches (dropout on)",
     "train_error": "fraction of training samples misclassified during the epoch (dropout on)",

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .encoder import CAPEncoder, build_encoder
 from .errors import ConfigError
+from .ff import ForwardForward, LengthNorm, init_ff_layers
 from .gate import CONSTANT_INPUT, ModalityGate, constant_samples, gated_cosine, modality_terms
 from .modes import CAP_FAMILIES, DETACHED_MODES, check_mode, mode_spec, same_family
 from .peers import PeerReadout
@@ -80,6 +81,7 @@ class CAPModel(nn.Module):
         temperature: tau of the cosine head.
         peer_options: options of a layer-local peer's readouts (``dim_in_decoder``, ``aux_convs``,
             ``aux_mlp_layers``, ``aux_width``) and ``beta`` (predsim's weight of sim).
+        ff_options: options of Forward-Forward (mode ``ff``; :class:`capsmm.ff.ForwardForward`).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class CAPModel(nn.Module):
         head: str = "cosine",
         temperature: float = 0.1,
         peer_options: Mapping[str, Any] | None = None,
+        ff_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not encoders:
@@ -107,6 +110,8 @@ class CAPModel(nn.Module):
         self.beta = float(self.peer_options.pop("beta", 0.99))
         self.encoders = nn.ModuleDict({name: encoders[name] for name in sorted(encoders)})
         self.in_shapes = {name: tuple(in_shapes[name]) for name in self.encoders}
+        #: Forward-Forward's classifier and statistics (mode ``ff``), else None
+        self.ff = self._forward_forward(dict(ff_options or {})) if self.family == "ff" else None
         self.pattern_width, self.readout_norm = pattern_width, readout_norm
         self.readouts = nn.ModuleDict()
         #: modality -> indices of the blocks that have a readout
@@ -136,6 +141,18 @@ class CAPModel(nn.Module):
         self.gate = ModalityGate({name: sum(self.pattern_widths[name].values()) for name in self.encoders}, num_classes) if several else None
         self.gated = False
 
+    def _forward_forward(self, options: dict[str, Any]) -> ForwardForward:
+        """Turn the encoder's blocks into FF layers (the reference's initialisation, each block's input
+        length-normalised) and build FF's other parts (:mod:`capsmm.ff`)."""
+        (name, encoder), = self.encoders.items()
+        shapes = encoder.block_shapes(self.in_shapes[name])
+        if any(len(shape) != 1 for shape in shapes):
+            raise ConfigError(f"mode ff trains backbones of vector blocks (mlp): the label is written over the first input values, "
+                              f"which a convolution would read as image; this backbone's blocks give {shapes}")
+        init_ff_layers(encoder.blocks)
+        encoder.blocks = nn.ModuleList(nn.Sequential(LengthNorm(), block) for block in encoder.blocks)
+        return ForwardForward([shape[0] for shape in shapes], self.num_classes, **options)
+
     def _add_readouts(self, name: str) -> list[int]:
         """Build the readouts of encoder ``name``; returns the widths of its patterns."""
         shapes = self.encoders[name].block_shapes(self.in_shapes[name])
@@ -143,10 +160,14 @@ class CAPModel(nn.Module):
         self.read_blocks[name] = read
         if self.family in CAP_FAMILIES:
             readouts = [CAPReadout(shapes[i], self.pattern_width, self.readout_norm) for i in read]
+            widths = [readout.width for readout in readouts]
+        elif self.family == "ff":  # an FF layer's pattern: its activity, length-normalised
+            readouts, widths = [LengthNorm() for _ in read], [shapes[i][0] for i in read]
         else:
             readouts = [PeerReadout(self.family, shapes[i], self.num_classes, last=i == len(shapes) - 1, **self.peer_options) for i in read]
+            widths = [readout.width for readout in readouts]
         self.readouts[name] = nn.ModuleList(readouts)
-        self.pattern_widths[name] = {i: readout.width for i, readout in zip(read, readouts)}
+        self.pattern_widths[name] = dict(zip(read, widths))
         return list(self.pattern_widths[name].values())
 
     def add_modality(self, name: str, encoder: CAPEncoder, in_shape: Sequence[int]) -> None:
@@ -334,9 +355,42 @@ class CAPModel(nn.Module):
             logits = gated_cosine(*terms, self.gate.gates(names, typical), self.head.temperature)
         return CAPOutput(logits, list(patterns), modalities=names, typicality=typical)
 
-    def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> CAPOutput:
+    def forward(self, inputs: Tensor | Mapping[str, Tensor], labels: Tensor | None = None) -> CAPOutput:
+        """The scores of ``inputs``. ``labels``, the batch's classes, are read only by a mode whose
+        training input carries the label (``ff``), and only in training mode."""
+        if self.ff is not None:
+            return self._ff_output(next(iter(self.as_inputs(inputs).values())), labels)
         read = [(p.pattern, p.slice) for p in self.iter_blocks(inputs) if p.pattern is not None]
         return self.score([p for p, _ in read], [s for _, s in read], constant_samples(inputs))
+
+    def parameter_groups(self, params: Sequence[nn.Parameter]) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups over ``params`` (the trainable ones): one, but Forward-Forward's
+        classifier has its own learning rate and weight decay (the reference's)."""
+        if self.ff is None:
+            return [{"params": list(params)}]
+        own = {id(p) for p in self.ff.classifier.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in own]},
+                  {"params": [p for p in params if id(p) in own], "lr": self.ff.classifier_lr, "weight_decay": self.ff.classifier_weight_decay}]
+        return [group for group in groups if group["params"]]
+
+    def _ff_output(self, x: Tensor, labels: Tensor | None) -> CAPOutput:
+        """Forward-Forward: in training (with labels) the classifier's logits and each layer's goodness
+        and peer loss (what :func:`capsmm.ff.ff_loss` needs); else the model's predictor's scores and
+        the neutral sample's patterns."""
+        if self.training and labels is not None:
+            logits, parts = self.ff.train_outputs(self._passes, x, labels)
+            return CAPOutput(logits, [], parts=parts, peer=("ff", self.num_classes, self.ff.peer_norm))
+        logits, patterns = self.ff.scores(self._passes, x)
+        return CAPOutput(logits, patterns)
+
+    def _passes(self, x: Tensor) -> list[BlockPass]:
+        return list(self.iter_blocks(x))
+
+    def ff_scores(self, inputs: Tensor | Mapping[str, Tensor], predictor: str) -> Tensor:
+        """Forward-Forward's (B, C) scores by ``predictor`` (``linear`` or ``goodness``), whichever the model predicts with."""
+        if self.ff is None:
+            raise ConfigError(f"a {self._mode} model has no Forward-Forward predictors")
+        return self.ff.scores(self._passes, next(iter(self.as_inputs(inputs).values())), predictor)[0]
 
 
 def build_model(
@@ -350,6 +404,7 @@ def build_model(
     head: str = "cosine",
     temperature: float = 0.1,
     peer_options: Mapping[str, Any] | None = None,
+    ff_options: Mapping[str, Any] | None = None,
     **encoder_options: object,
 ) -> CAPModel:
     """Build a single-encoder CAP model.
@@ -359,7 +414,7 @@ def build_model(
         num_classes: number of classes.
         in_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         mode: a mode (``bp``, ``caps``, ``caps-full``, ``local``, a layer-local peer's), or the first of a schedule.
-        pattern_width, readout_norm, head, temperature, peer_options: see :class:`CAPModel`.
+        pattern_width, readout_norm, head, temperature, peer_options, ff_options: see :class:`CAPModel`.
         **encoder_options: passed to the backbone builder (e.g. ``width_mult=2``, ``dropout=0.2``;
             the MLP also takes ``depth`` and ``hidden``).
 
@@ -377,4 +432,5 @@ def build_model(
         head=head,
         temperature=temperature,
         peer_options=peer_options,
+        ff_options=ff_options,
     )

@@ -10,10 +10,12 @@
 | `local-sim`     | cut                     | local-loss: per block, MSE between similarity matrices of features/labels |
 | `local-predsim` | cut                     | local-loss: (1 - beta) pred + beta sim                                     |
 | `dgl`           | cut                     | DGL (Belilovsky et al. 2020): per block, CE of an auxiliary CNN/MLP        |
+| `ff`            | cut                     | Forward-Forward (Hinton 2022): per block, goodness of positive vs negative |
 
 A mode's *family* is the set of modules its model holds besides the backbone: CAP readouts and
 prototypes (``cap``: caps, caps-full, local; ``cap-last``: bp, a readout on the last block only),
-or a layer-local peer's auxiliary heads (one family each; :mod:`capsmm.peers`). Modes of one
+or a layer-local peer's auxiliary heads (one family each; :mod:`capsmm.peers`), or Forward-Forward's
+classifier (:mod:`capsmm.ff`). Modes of one
 family share their parameters, so a run may switch between them (a schedule).
 """
 
@@ -36,6 +38,8 @@ class Mode:
     """every block has a readout (else the last block only)"""
     family: str
     """the modules read the blocks: ``cap``, ``cap-last``, or a peer's name"""
+    labelled_input: bool = False
+    """the model's training input carries the label (``ff``): the forward needs the batch's labels"""
 
 
 MODE_SPECS: dict[str, Mode] = {m.name: m for m in (
@@ -47,6 +51,7 @@ MODE_SPECS: dict[str, Mode] = {m.name: m for m in (
     Mode("local-sim", cuts=True, reads_all=True, family="local-sim"),
     Mode("local-predsim", cuts=True, reads_all=True, family="local-predsim"),
     Mode("dgl", cuts=True, reads_all=True, family="dgl"),
+    Mode("ff", cuts=True, reads_all=True, family="ff", labelled_input=True),
 )}
 MODES: tuple[str, ...] = tuple(MODE_SPECS)
 #: modes whose blocks read their input through a stop-gradient
@@ -54,6 +59,8 @@ DETACHED_MODES = frozenset(name for name, m in MODE_SPECS.items() if m.cuts)
 #: modes whose model holds CAP readouts and class prototypes (the others: a peer's auxiliary heads)
 CAP_FAMILIES = frozenset({"cap", "cap-last"})
 PEER_MODES = frozenset(name for name, m in MODE_SPECS.items() if m.family not in CAP_FAMILIES)
+#: modes whose training input is built from the labels in the forward (one process, standard memory)
+LABELLED_INPUT_MODES = frozenset(name for name, m in MODE_SPECS.items() if m.labelled_input)
 
 
 def check_mode(mode: str) -> str:

@@ -79,8 +79,9 @@ class LateFusion(nn.Module):
     def encoders(self) -> nn.ModuleDict:
         return nn.ModuleDict({name: model.encoders[name] for name, model in self.models.items()})
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> CAPOutput:
-        outputs = [self.models[name]({name: x}) for name, x in inputs.items()]
+    def forward(self, inputs: Mapping[str, Tensor], labels: Tensor | None = None) -> CAPOutput:
+        """``labels`` go to every model (as :meth:`CAPModel.forward` reads them)."""
+        outputs = [self.models[name]({name: x}, labels) for name, x in inputs.items()]
         probabilities = torch.stack([out.logits.softmax(dim=1) for out in outputs]).mean(0)
         losses = [logits for out in outputs for logits in (out.block_logits or [out.logits])]
         return CAPOutput(probabilities.clamp_min(1e-12).log(), [p for out in outputs for p in out.patterns], losses)

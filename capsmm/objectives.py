@@ -5,16 +5,20 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ff import ff_loss
 from .model import CAPOutput
 from .peers import peer_loss
 
 
 def training_loss(output: CAPOutput, targets: Tensor) -> Tensor:
     """``cross_entropy(logits, y)`` for bp/caps/caps-full; the sum of per-block CEs for ``local``;
-    a layer-local peer's local losses (:func:`capsmm.peers.peer_loss`)."""
+    a layer-local peer's local losses (:func:`capsmm.peers.peer_loss`); Forward-Forward's
+    (:func:`capsmm.ff.ff_loss`)."""
     if output.peer is not None:
-        family, num_classes, beta = output.peer
-        return peer_loss(family, output.parts or [], targets, num_classes, beta)
+        family, num_classes, weight = output.peer
+        if family == "ff":
+            return ff_loss(output.parts or [], output.logits, targets, weight)
+        return peer_loss(family, output.parts or [], targets, num_classes, weight)
     if output.block_logits is not None:
         return sum(F.cross_entropy(logits, targets) for logits in output.block_logits)
     return F.cross_entropy(output.logits, targets)

@@ -7,6 +7,8 @@ How a step turns a batch into parameter updates is the strategy's business
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import shutil
 import statistics
@@ -21,11 +23,12 @@ from tqdm import tqdm
 from .board import FOLDER as BOARD_FOLDER
 from .board import Board
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
-from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, flatten_dict
+from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, TrainConfig, flatten_dict
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
 from .evaluation import error_counts, predictions
+from .ff import FF_DEFAULTS
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .metrics import tidy
 from .profiling import PhaseTimer, count_parameters, peak_memory_mib
@@ -45,7 +48,18 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
-ADDED_KEYS = {"train.lean_keep": 0}
+ADDED_KEYS = {"train.lean_keep": 0, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
+              **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()}}
+
+
+def lr_factor(train: TrainConfig, epoch: int) -> float:
+    """The learning-rate multiplier of the 0-based ``epoch``: ``lr_gamma`` per milestone passed, times
+    the linear cool-down over the second half with ``lr_cooldown`` (the Forward-Forward reference's
+    ``2 (1 + E - epoch) / E`` after epoch E // 2, capped at 1: the reference's goes up to 1.33 for odd E)."""
+    factor = train.lr_gamma ** bisect.bisect_right(sorted(train.lr_milestones), epoch)
+    if train.lr_cooldown and epoch > train.epochs // 2:
+        factor *= min(1.0, 2 * (1 + train.epochs - epoch) / train.epochs)
+    return factor
 
 
 class Trainer:
@@ -93,7 +107,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.log = log if self.dist.is_main else (lambda line: None)
         self.schedule = ModeSchedule.parse(train.mode)
-        self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(strategy.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
+        self.lr_schedule = (torch.optim.lr_scheduler.LambdaLR(strategy.optimizer, functools.partial(lr_factor, train)) if train.lr_cooldown
+                            else torch.optim.lr_scheduler.MultiStepLR(strategy.optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma))
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.diagnostics_batch = diagnostics_batch
@@ -304,6 +319,7 @@ class Trainer:
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "mode": mode, "lr": lr}
             record.update(self._train_epoch(epoch, mode))
+            record["train_seconds"] = time.perf_counter() - began
             for prepare in self.before_evaluation:
                 prepare(self.model)
             record["test_error"] = self.evaluate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,8 @@ from .data import BatchLoader, image_split, load_image_dataset
 from .crash import crash_log
 from .distributed import DistContext, PeerFailure, init_distributed, is_peer_failure, peer_failure, shutdown
 from .errors import CapsmmError, ConfigError
+from .evaluation import error_counts, predictions
+from .ff import PREDICTORS
 from .pipeline import describe_inputs, save_input_pipeline
 from .profiling import count_parameters
 from .model import CAPModel, build_model
@@ -40,6 +43,18 @@ def model_from_config(config: RunConfig, num_classes: int, in_shape: tuple[int, 
     m = config.model
     return build_model(m.backbone, num_classes=num_classes, in_shape=in_shape, mode=ModeSchedule.parse(config.train.mode).first,
                        **m.head_options(), **m.encoder_options())
+
+
+def ff_predictor_errors(test_loader: BatchLoader, device: torch.device) -> Callable[[CAPModel], dict[str, float]]:
+    """An evaluator of a Forward-Forward model: the test error of each of its predictors
+    (``test_error_linear``, ``test_error_goodness``), whichever it predicts with."""
+    def errors(model: CAPModel) -> dict[str, float]:
+        figures = {}
+        for predictor in PREDICTORS:
+            wrong, seen = error_counts(predictions(functools.partial(model.ff_scores, predictor=predictor), model, test_loader), device).tolist()
+            figures[f"test_error_{predictor}"] = wrong / seen
+        return figures
+    return errors
 
 
 def describe_parameters(model: CAPModel) -> str:
@@ -115,6 +130,7 @@ def train(config: RunConfig, *, resume: bool = False, force: bool = False, log: 
             strategy, train_loader, test_loader, out_dir,
             run_config=config.to_dict(), summary={"dataset": config.data.name, "backbone": config.model.backbone},
             diagnostics_batch=next(iter(diagnostics)), log=log,
+            evaluators=[ff_predictor_errors(test_loader, device)] if model.ff is not None else [],
         )
         results = trainer.fit(resume=resume, force=force)
         if context.is_main:  # what load_run needs to apply the finished model to new inputs

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -103,7 +104,9 @@ class Combo:
         lean_without_cut = self.memory == "lean" and self.mode in ("bp", "caps-full")
         blocks = self.parallel.startswith("blocks")
         peer_with_two_encoders = self.frozen and self.mode in capsmm.modes.PEER_MODES
-        return lean_without_cut or peer_with_two_encoders or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full"))
+        ff_beyond_one_plain_process = self.mode == "ff" and (self.memory == "lean" or self.parallel != "none")
+        return (lean_without_cut or peer_with_two_encoders or ff_beyond_one_plain_process
+                or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full")))
 
 
 def all_combos(batch: int = BATCH) -> list[Combo]:
@@ -126,10 +129,18 @@ def config_for(combo: Combo) -> Any:
 
 
 def refusal(combo: Combo) -> str | None:
+    """What reading ``combo``'s config says, as under torchrun with ``combo.world`` ranks."""
+    world = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = str(combo.world)
     try:
         config_for(combo).validate()
     except ConfigError as error:
         return str(error)
+    finally:
+        if world is None:
+            del os.environ["WORLD_SIZE"]
+        else:
+            os.environ["WORLD_SIZE"] = world
     return None
 
 

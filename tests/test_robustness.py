@@ -29,7 +29,7 @@ from capsmm.evaluation.ood import auroc, fpr_at_tpr
 from capsmm.run_records import read_run
 
 evaluate_script = load_script("evaluate")
-MODES = ("bp", "caps", "caps-full", "local", "local-predsim")
+MODES = ("bp", "caps", "caps-full", "local", "local-predsim", "ff")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def trained_model(mode, digits):
     for _ in range(5):
         for start in range(0, len(y), 128):
             optimizer.zero_grad()
-            training_loss(model(x[start:start + 128]), y[start:start + 128]).backward()
+            batch = slice(start, start + 128)
+            training_loss(model(x[batch], y[batch]), y[batch]).backward()  # the labels: ff writes them into its input
             optimizer.step()
     return model.eval()
 

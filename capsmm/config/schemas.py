@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..modes import PEER_MODES, ModeSchedule
+from ..modes import LABELLED_INPUT_MODES, PEER_MODES, ModeSchedule
 from ..strategies import Setup, check_setup
 from .fields import opt
 from .folders import run_folder
@@ -45,6 +45,9 @@ class RunConfig:
         self.data.validate("data")
         self.model.validate("model")
         self.train.validate("train")
+        if set(ModeSchedule.parse(self.train.mode).modes) & LABELLED_INPUT_MODES and self.model.backbone != "mlp":
+            raise ConfigError(f"mode ff trains the mlp backbone (the label is written over the first input values, which "
+                              f"a convolution would read as image); got model.backbone={self.model.backbone}")
         check_setup(Setup.of(self.train))
         return self
 
@@ -84,6 +87,8 @@ class MultimodalRun:
             raise ConfigError(f"fusion concat-bp is end-to-end bp: set --mode bp (got '{self.train.mode}')")
         if mm.extend_from and mm.fusion != "joint":
             raise ConfigError("multimodal.extend_from adds modalities to a joint model: set multimodal.fusion=joint")
+        if modes & LABELLED_INPUT_MODES:
+            raise ConfigError("mode ff trains single-encoder mlp models: use scripts/train_vision.py")
         peers = sorted(modes & PEER_MODES)
         if peers and (len(mm.modalities) > 1 and mm.fusion != "late" or mm.extend_from):
             raise ConfigError(f"mode {peers[0]} (a layer-local peer) trains single-encoder models: use --fusion late, one modality, "

@@ -17,12 +17,13 @@ from typing import Any
 from ..data import DATASETS
 from ..encoder import ENCODERS, encoder_modality, encoder_options
 from ..errors import ConfigError
+from ..ff import FF_DEFAULTS, GOODNESS, PREDICTORS
 from ..layers import ACTIVATIONS
 from ..model import AMP_DTYPES
 from ..modes import ModeSchedule
 from ..prototypes import HEADS
 from ..readout import READOUT_NORMS
-from ..strategies import ADAM_IMPLS, MEMORY, PARALLEL
+from ..strategies import ADAM_IMPLS, MEMORY, OPTIMIZERS, PARALLEL
 from .fields import at_least, check_fields, in_range, increasing_epochs, non_negative, one_of, opt
 from .modalities import MODALITY_SECTIONS
 
@@ -58,7 +59,8 @@ class EncoderConfig:
     patch: int | None = opt('vit-tiny: patch side in pixels (default 4)', None, check=in_range(1, 1024, open_high=False))
     hidden: int | None = opt('mlp only: units per hidden layer before width_mult (default 3000)', None, check=in_range(1, 10**6, open_high=False))
     dropout: float = opt('dropout at the end of every block', 0.2, check=in_range(0, 1))
-    activation: str | None = opt('mlp and vgg backbones: relu (default) or leakyrelu (slope 0.01, local-loss\'s)', None,
+    activation: str | None = opt('mlp and vgg backbones: relu (default), leakyrelu (slope 0.01, local-loss\'s), or relu-full-grad '
+                                 '(mlp: ReLU whose backward passes every gradient, the Forward-Forward reference\'s)', None,
                                  check=one_of(ACTIVATIONS))
     block_batchnorm: bool | None = opt('mlp only: batch norm after each linear layer (local-loss\'s MLP; default off, as in the paper)', None)
     source: str | None = opt('hf-* backbones: local directory of a transformers model (save_pretrained)', None)
@@ -101,13 +103,24 @@ class HeadConfig:
     aux_convs: int = opt('dgl: 1x1 conv layers of each auxiliary network', 3, check=in_range(0, 16, open_high=False))
     aux_mlp_layers: int = opt('dgl: hidden linear layers of each auxiliary network', 3, check=in_range(0, 16, open_high=False))
     aux_width: int = opt('dgl: widest hidden layer of an auxiliary network', 1024, check=in_range(1, 2**16, open_high=False))
+    ff_goodness: str = opt('ff: goodness of a layer, the sum (threshold: its width) or mean (threshold 1) of its squared activities',
+                           FF_DEFAULTS["goodness"], check=one_of(GOODNESS))
+    ff_peer_norm: float = opt('ff: weight of the peer-normalisation loss (0 = off)', FF_DEFAULTS["peer_norm"], check=in_range(0, 100))
+    ff_peer_momentum: float = opt('ff: momentum of the running mean activities that peer normalisation reads', FF_DEFAULTS["peer_momentum"],
+                                  check=in_range(0, 1))
+    ff_predictor: str = opt('ff: the prediction (test_error): linear (a classifier on layers 2..L) or goodness (C passes); both are recorded',
+                            FF_DEFAULTS["predictor"], check=one_of(PREDICTORS))
+    ff_classifier_lr: float = opt('ff: learning rate of the linear classifier', FF_DEFAULTS["classifier_lr"], check=in_range(0, 10))
+    ff_classifier_weight_decay: float = opt('ff: weight decay of the linear classifier', FF_DEFAULTS["classifier_weight_decay"],
+                                            check=in_range(0, 10))
 
     def head_options(self) -> dict[str, Any]:
         """What the model's readouts and head take (CAP readouts and prototypes, or a peer's heads)."""
         peer = {"dim_in_decoder": self.dim_in_decoder, "beta": self.beta, "aux_convs": self.aux_convs,
                 "aux_mlp_layers": self.aux_mlp_layers, "aux_width": self.aux_width}
+        ff = {key: getattr(self, f"ff_{key}") for key in FF_DEFAULTS}
         return {"pattern_width": self.pattern_width, "readout_norm": self.readout_norm, "head": self.head, "temperature": self.temperature,
-                "peer_options": peer}
+                "peer_options": peer, "ff_options": ff}
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
@@ -136,16 +149,19 @@ def _device_check(key: str, value: Any) -> str | None:
 
 @dataclass
 class TrainConfig:
-    mode: str = opt('bp, caps, caps-full, local, the layer-local peers local-pred, local-sim, local-predsim, dgl, or a schedule '
+    mode: str = opt('bp, caps, caps-full, local, the layer-local peers local-pred, local-sim, local-predsim, dgl, Forward-Forward ff, or a schedule '
                     'such as caps:0.9,caps-full', "caps", check=_mode_check)
     epochs: int = opt('number of epochs', 10, check=in_range(1, 10**6, open_high=False))
     batch_size: int = opt('training batch size (the global batch under torchrun; at least 2: batch statistics need two samples)', 128,
                           check=in_range(2, 2**24, open_high=False))
-    lr: float = opt('Adam learning rate', 5e-4, check=in_range(1e-12, 10, open_high=False))
-    weight_decay: float = opt('Adam weight decay', 0.0, check=in_range(0, 10, open_high=False))
+    optimizer: str = opt('adam, or sgd (with momentum; the Forward-Forward reference\'s)', "adam", check=one_of(OPTIMIZERS))
+    lr: float = opt('learning rate', 5e-4, check=in_range(1e-12, 10, open_high=False))
+    weight_decay: float = opt('weight decay (L2, added to the gradient)', 0.0, check=in_range(0, 10, open_high=False))
+    momentum: float = opt('optimizer=sgd: momentum', 0.9, check=in_range(0, 1))
     lr_milestones: list[int] = opt('epochs at which the learning rate is multiplied by lr_gamma (MultiStepLR)', factory=list,
                                    check=increasing_epochs)
     lr_gamma: float = opt('learning-rate factor at each milestone', 0.1, check=in_range(1e-6, 1, open_high=False))
+    lr_cooldown: bool = opt('linear cool-down of the learning rate over the second half of the epochs (the Forward-Forward reference\'s)', False)
     seed: int = opt('seed of initialisation, batch order, pairing, dropout and augmentation', 0, check=in_range(0, 2**32))
     device: str = opt('auto (CUDA when available), cpu, cuda, cuda:N', "auto", check=_device_check)
     memory: str = opt('standard, or lean: exact caps/local gradients recomputing one block at a time (less memory)', "standard",

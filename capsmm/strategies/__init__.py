@@ -24,7 +24,7 @@ from torch import nn
 
 from ..distributed import DistContext
 from ..errors import ConfigError
-from .base import ADAM_IMPLS, LocalStrategy, Setup, StepOutput, Strategy, TrainSettings, make_adam, prepare_inputs
+from .base import ADAM_IMPLS, OPTIMIZERS, LocalStrategy, Setup, StepOutput, Strategy, TrainSettings, make_adam, make_optimizer, prepare_inputs
 from .registry import MEMORY, PARALLEL
 
 
@@ -51,4 +51,4 @@ def build_strategy(model: nn.Module, train: TrainSettings, device: torch.device,
     return PARALLEL.get(train.parallel).wrap(local, dist) if dist.enabled else local
 
 __all__ = ["ADAM_IMPLS", "MEMORY", "PARALLEL", "LocalStrategy", "Setup", "StepOutput", "Strategy", "TrainSettings", "build_strategy", "check_setup",
-           "make_adam", "prepare_inputs", "refusal"]
+           "make_adam", "make_optimizer", "OPTIMIZERS", "prepare_inputs", "refusal"]

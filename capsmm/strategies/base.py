@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..profiling import PhaseTimer, phase_of
 
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
+OPTIMIZERS = ("adam", "sgd")
 #: devices whose fused Adam kernel ``auto`` picks
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
@@ -36,8 +37,10 @@ class TrainSettings(Protocol):
     mode: str
     memory: str
     parallel: str
+    optimizer: str
     lr: float
     weight_decay: float
+    momentum: float
     adam_impl: str
     amp: str
     compile: bool
@@ -49,9 +52,19 @@ class TrainSettings(Protocol):
     device: str
 
 
-def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:
+def single_process_only() -> str:
+    """Why a mode whose input carries the label (``ff``) is refused by the parallel strategies."""
+    return ("mode ff trains in one process (its negative labels and peer-normalisation statistics are drawn per process); "
+            "run it without torchrun")
+
+
+ParamGroups = Iterable[nn.Parameter] | list[dict[str, Any]]
+
+
+def make_adam(params: ParamGroups, *, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:
     """Adam with the chosen kernel: ``foreach`` (batched tensor ops), ``fused`` (one fused kernel per
-    device/dtype), ``for-loop`` (one op per parameter), or ``auto``.
+    device/dtype), ``for-loop`` (one op per parameter), or ``auto``. ``params``: parameters, or
+    parameter groups (dicts, as torch's optimisers take them).
 
     ``auto`` is ``fused`` when every parameter is a floating tensor on CPU or CUDA, else PyTorch's
     own choice. Why: on a 2-core CPU ``scripts/bench.py`` measured the fused step at 20 ms against
@@ -61,12 +74,21 @@ def make_adam(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float 
     if impl not in ADAM_IMPLS:
         raise ConfigError(f"unknown train.adam_impl '{impl}'; valid: {', '.join(ADAM_IMPLS)}")
     params = list(params)
-    fusable = bool(params) and all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in params)
+    tensors = [p for group in params for p in group["params"]] if params and isinstance(params[0], dict) else params
+    fusable = bool(tensors) and all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in tensors)
     flags: dict[str, Any] = {
         "auto": {"fused": True} if fusable else {}, "foreach": {"foreach": True}, "fused": {"fused": True},
         "for-loop": {"foreach": False},
     }[impl]
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **flags)
+
+
+def make_optimizer(params: ParamGroups, train: TrainSettings) -> torch.optim.Optimizer:
+    """The optimiser ``train.optimizer`` names over ``params``: Adam (:func:`make_adam`), or SGD with
+    ``train.momentum`` (the Forward-Forward reference's)."""
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(list(params), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    return make_adam(params, lr=train.lr, weight_decay=train.weight_decay, impl=train.adam_impl)
 
 
 def prepare_inputs(inputs: Inputs, channels_last: bool) -> Inputs:
@@ -150,8 +172,7 @@ class Strategy(ABC):
         model.set_precision(train.amp)
         if train.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.optimizer = optimizer or make_adam(self.trainable_parameters(), lr=train.lr, weight_decay=train.weight_decay,
-                                                impl=train.adam_impl)
+        self.optimizer = optimizer or make_optimizer(self.parameter_groups(), train)
 
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
@@ -175,6 +196,13 @@ class Strategy(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters this rank's optimiser updates (frozen ones excluded)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's groups over :meth:`trainable_parameters`: as the model splits them (Forward-Forward's
+        classifier has its own learning rate), else one."""
+        params = self.trainable_parameters()
+        split = getattr(self.model, "parameter_groups", None)
+        return split(params) if split is not None else [{"params": params}]
 
     def prepare(self, inputs: Inputs) -> Inputs:
         return prepare_inputs(inputs, self.train_config.channels_last)

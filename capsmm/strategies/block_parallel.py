@@ -33,9 +33,9 @@ from ..distributed import DistContext, communicate, gather_to_main
 from ..errors import ConfigError
 from ..profiling import PhaseTimer, phase_of
 from ..model import BlockPass, CAPModel, CAPOutput
-from ..modes import DETACHED_MODES
+from ..modes import DETACHED_MODES, LABELLED_INPUT_MODES
 from ..objectives import training_loss
-from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy
+from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy, single_process_only
 from .registry import PARALLEL
 
 
@@ -105,6 +105,8 @@ class BlockParallel(Strategy):
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
         modes = set(setup.modes)
+        if modes & LABELLED_INPUT_MODES:
+            return single_process_only()
         if not (modes <= DETACHED_MODES or modes == {"bp"}):
             return (f"train.parallel=blocks trains a mode that cuts every block (caps, local, a layer-local peer; block-parallel) or bp "
                     f"(a pipeline); "

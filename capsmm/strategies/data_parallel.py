@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import DistContext, average_gradients
+from ..modes import LABELLED_INPUT_MODES
 from ..profiling import PhaseTimer
-from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy
+from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy, single_process_only
 from .registry import PARALLEL
 
 
@@ -34,6 +35,8 @@ class DataParallel(Strategy):
 
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
+        if setup.world > 1 and set(setup.modes) & LABELLED_INPUT_MODES:
+            return single_process_only()
         if setup.sync_batchnorm and not setup.cuda:
             return "train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); set train.device to cuda or drop it"
         if setup.batch_size % setup.world:

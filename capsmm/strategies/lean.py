@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..layers import batchnorm_stats_frozen
 from ..model import CAPModel, CAPOutput
-from ..modes import DETACHED_MODES
+from ..modes import DETACHED_MODES, LABELLED_INPUT_MODES
 from ..objectives import training_loss
 from .base import Inputs, LocalStrategy, Setup
 from .registry import MEMORY
@@ -64,6 +64,9 @@ class Lean(LocalStrategy):
 
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
+        if set(setup.modes) & LABELLED_INPUT_MODES:
+            return ("train.memory=lean recomputes blocks from kept inputs, but mode ff builds its inputs from the labels in the "
+                    "forward; use train.memory=standard")
         if not set(setup.modes) <= DETACHED_MODES:
             return (f"train.memory=lean needs caps, local or a layer-local peer throughout (a mode that cuts every block); "
                     f"train.mode has {', '.join(setup.modes)}")

@@ -25,7 +25,7 @@ class Plain(LocalStrategy):
         self.forward_model = torch.compile(model) if train.compile else model
 
     def forward_loss(self, inputs: Inputs, labels: Tensor) -> tuple[Any, Tensor, None]:
-        output = self.forward_model(inputs)
+        output = self.forward_model(inputs, labels)
         return output, training_loss(output, labels), None
 
     def backward(self, loss: Tensor, pending: None) -> None:
