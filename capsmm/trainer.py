@@ -45,7 +45,8 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
-ADDED_KEYS = {"train.lean_keep": 0}
+ADDED_KEYS = {"train.lean_keep": 0, "multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "none",
+              "multimodal.modulation_alpha": 0.8, "multimodal.modulation_epochs": [1, 50]}
 
 
 class Trainer:

@@ -23,6 +23,12 @@ def run(argv, capsys):
     (["--set", "multimodal.modalities=[image,smell]"], "unknown modality 'smell'; valid: audio, image"),
     (["--set", "multimodal.anchor=text"], "multimodal.anchor 'text' is not one of"),
     (["--set", "audio.sample_rate=fast"], "audio.sample_rate: expected an integer"),
+    (["--set", "multimodal.modulation=ogmge"], "unknown multimodal.modulation 'ogmge' (did you mean 'ogm-ge'?); valid: none, ogm, ogm-ge"),
+    (["--set", "multimodal.slice_loss_weight=-1"], "multimodal.slice_loss_weight must be in [0, 100], got -1"),
+    (["--set", "multimodal.modulation_epochs=[5,2]"], "multimodal.modulation_epochs must be [first, last] epochs with 1 <= first <= last"),
+    (["--fusion", "late", "--set", "multimodal.modulation=ogm-ge"], "late fusion trains each modality alone"),
+    (["--mode", "local", "--set", "multimodal.slice_loss_weight=1"], "which train.mode local does not train"),
+    (["--set", "multimodal.modalities=[audio]", "--set", "multimodal.slice_loss_weight=1"], "this run trains audio alone"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path):
     code, _, err = run([*argv, "--out", str(tmp_path)], capsys)
@@ -118,3 +124,4 @@ def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, cap
                         "--out", str(tmp_path / "both")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "both" / "results.json").read_text())["frozen_predictions_unchanged"] is True
+
