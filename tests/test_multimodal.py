@@ -392,3 +392,27 @@ def test_balancing_records_its_figures_every_epoch(tmp_path):
         assert set(record["modality_balance"]["score"]) == set(record["modality_balance"]["coefficient"]) == {"audio", "image"}
         assert all(0 < v < 1 for v in record["modality_balance"]["score"].values())
 
+
+def test_a_linear_probe_reads_what_the_features_hold():
+    from capsmm.probe import fit_probe
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    informative = F.one_hot(labels, 4).double() * 5 + torch.randn(400, 4, generator=generator, dtype=torch.float64)
+    noise = torch.randn(400, 6, generator=generator, dtype=torch.float64)
+    separable = fit_probe(torch.cat([informative, noise], 1)[:300], labels[:300], torch.cat([informative, noise], 1)[300:], labels[300:],
+                          num_classes=4)
+    assert separable["test_error"] < 0.03 and separable["dim"] == 10  # class means 7 std apart: Bayes error about 0.1%
+    blind = fit_probe(noise[:300], labels[:300], noise[300:], labels[300:], num_classes=4)
+    assert blind["test_error"] > 0.55  # chance is 0.75
+
+
+def test_probe_features_are_a_modalitys_patterns_or_its_last_block():
+    from capsmm.probe import encoder_features
+
+    train, _ = paired_parts()
+    model = joint("caps")
+    patterns, labels = encoder_features(model, "image", train["image"], batch_size=32)
+    assert patterns.shape == (96, sum(model.pattern_widths["image"].values())) and torch.equal(labels, train["image"].labels)
+    last, _ = encoder_features(model, "audio", train["audio"], features="last", batch_size=32)
+    assert last.ndim == 2 and last.shape[0] == 96 and model.training  # the model's training state is restored
