@@ -416,3 +416,17 @@ def test_probe_features_are_a_modalitys_patterns_or_its_last_block():
     assert patterns.shape == (96, sum(model.pattern_widths["image"].values())) and torch.equal(labels, train["image"].labels)
     last, _ = encoder_features(model, "audio", train["audio"], features="last", batch_size=32)
     assert last.ndim == 2 and last.shape[0] == 96 and model.training  # the model's training state is restored
+
+
+def test_concat_bp_scores_each_modality_with_its_part_of_the_linear_head():
+    torch.manual_seed(0)
+    model = build_fusion_model("concat-bp", SPECS, num_classes=4, mode="bp", head_options=HEAD).train()
+    model.score_modalities, model.slice_loss_weight = True, 1.0
+    inputs, y = batch()
+    out = model(inputs)
+    own = {name: out.patterns[i] @ model.head.prototype_slices(model.slices[name]).T
+           for i, name in enumerate(model.encoders)}  # bp reads each encoder's last block: one pattern per modality
+    for name in own:
+        torch.testing.assert_close(out.modality_logits[name], own[name])
+    torch.testing.assert_close(out.logits, own["audio"] + own["image"])  # the linear head is the sum of its parts
+    torch.testing.assert_close(training_loss(out, y), hand_cross_entropy(out.logits, y) + sum(hand_cross_entropy(v, y) for v in own.values()))
