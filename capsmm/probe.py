@@ -42,14 +42,14 @@ def modality_model(model: nn.Module, modality: str) -> CAPModel:
 
 
 def encoder_features(model: nn.Module, modality: str, split: ModalSplit, *, features: str = "patterns", batch_size: int = 500,
-                     device: torch.device = torch.device("cpu")) -> tuple[Tensor, Tensor]:
+                     device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """(N, D) features of every sample of ``split`` (no augmentation) through the frozen encoder of
     ``modality``, in eval mode, and the (N,) labels; on the CPU, in float32."""
     if features not in FEATURES:
         raise ConfigError(f"unknown probe features '{features}'; valid: {', '.join(FEATURES)}")
     holder = modality_model(model, modality)
     encoder = holder.encoders[modality]
-    loader = BatchLoader(ModalSplit(split.inputs, split.labels, split.prepare), batch_size, device=device)
+    loader = BatchLoader(ModalSplit(split.inputs, split.labels, split.prepare), batch_size, device=device or torch.device("cpu"))
 
     def extract(x: Tensor) -> Tensor:
         passes = list(holder.iter_blocks({modality: x}))

@@ -282,8 +282,8 @@ def test_the_slice_loss_is_each_modalitys_own_slice_cross_entropy_added_with_its
         own[name] = (m / m.norm(dim=1, keepdim=True)) @ (mu / mu.norm(dim=1, keepdim=True)).T / model.head.temperature
     expected = hand_cross_entropy(out.logits, y) + 0.3 * (hand_cross_entropy(own["audio"], y) + hand_cross_entropy(own["image"], y))
     torch.testing.assert_close(training_loss(out, y), expected, rtol=1e-5, atol=1e-6)
-    for name in own:  # the own-slice scores are the model's prediction from that modality alone
-        torch.testing.assert_close(out.modality_logits[name], own[name], rtol=1e-5, atol=1e-5)
+    for name, logits in own.items():  # the own-slice scores are the model's prediction from that modality alone
+        torch.testing.assert_close(out.modality_logits[name], logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["caps", "bp"])
@@ -426,7 +426,7 @@ def test_concat_bp_scores_each_modality_with_its_part_of_the_linear_head():
     out = model(inputs)
     own = {name: out.patterns[i] @ model.head.prototype_slices(model.slices[name]).T
            for i, name in enumerate(model.encoders)}  # bp reads each encoder's last block: one pattern per modality
-    for name in own:
-        torch.testing.assert_close(out.modality_logits[name], own[name])
+    for name, logits in own.items():
+        torch.testing.assert_close(out.modality_logits[name], logits)
     torch.testing.assert_close(out.logits, own["audio"] + own["image"])  # the linear head is the sum of its parts
     torch.testing.assert_close(training_loss(out, y), hand_cross_entropy(out.logits, y) + sum(hand_cross_entropy(v, y) for v in own.values()))
