@@ -44,6 +44,12 @@ class CAPOutput(NamedTuple):
     """with several modalities present (cosine head): their names, the rows of ``typicality``"""
     typicality: Tensor | None = None
     """(M, B): how typical each modality's pattern is of the clean training pairs (:mod:`capsmm.gate`)"""
+    modality_logits: dict[str, Tensor] | None = None
+    """training with :attr:`CAPModel.score_modalities` and several modalities present: each one's own
+    slices scored alone (what the model predicts from that modality), which the slice losses and
+    gradient modulation read (:mod:`capsmm.balance`)"""
+    slice_loss_weight: float = 0.0
+    """the weight of the per-modality slice losses in the training loss (:func:`capsmm.objectives.training_loss`)"""
 
 
 class BlockPass(NamedTuple):
@@ -140,6 +146,11 @@ class CAPModel(nn.Module):
         several = cap and head == "cosine" and len(self.encoders) > 1
         self.gate = ModalityGate({name: sum(self.pattern_widths[name].values()) for name in self.encoders}, num_classes) if several else None
         self.gated = False
+        #: in training, also score each present modality's slices alone (:attr:`CAPOutput.modality_logits`);
+        #: set by :func:`capsmm.balance.attach_balance`
+        self.score_modalities = False
+        #: weight of the per-modality slice losses (``multimodal.slice_loss_weight``; 0: off)
+        self.slice_loss_weight = 0.0
 
     def _forward_forward(self, options: dict[str, Any]) -> ForwardForward:
         """Turn the encoder's blocks into FF layers (the reference's initialisation, each block's input
@@ -324,7 +335,9 @@ class CAPModel(nn.Module):
         hidden = ~self.class_mask.to(output.logits.device)
         mask = lambda logits: logits.masked_fill(hidden, float("-inf"))  # noqa: E731
         return output._replace(logits=mask(output.logits),
-                               block_logits=None if output.block_logits is None else [mask(b) for b in output.block_logits])
+                               block_logits=None if output.block_logits is None else [mask(b) for b in output.block_logits],
+                               modality_logits=None if output.modality_logits is None else
+                               {name: mask(logits) for name, logits in output.modality_logits.items()})
 
     def _score(self, patterns: Sequence[Tensor], slices: Sequence[int], constant: Mapping[str, Tensor]) -> CAPOutput:
         upcast = (lambda t: t.float()) if self.amp != "none" else (lambda t: t)
@@ -341,11 +354,14 @@ class CAPModel(nn.Module):
             logits = upcast(self.head(patterns, slices))
         owner = {s: name for name, owned in self.slices.items() for s in owned}
         names = tuple(dict.fromkeys(owner[s] for s in slices))
-        if self.head.kind != "cosine" or len(names) < 2:
-            return CAPOutput(logits, list(patterns))
-        if self.gate is None:
-            return CAPOutput(logits, list(patterns))
         groups = [[i for i, s in enumerate(slices) if owner[s] == n] for n in names]
+        balance: dict[str, Any] = {}
+        if self.score_modalities and self.training and len(names) > 1:
+            with self.autocast(patterns[0].device):
+                own = {n: upcast(self.head([patterns[i] for i in g], [slices[i] for i in g])) for n, g in zip(names, groups)}
+            balance = {"modality_logits": own, "slice_loss_weight": self.slice_loss_weight}
+        if self.head.kind != "cosine" or len(names) < 2 or self.gate is None:
+            return CAPOutput(logits, list(patterns), **balance)
         typical = torch.stack([self.gate.typicality(n, torch.cat([patterns[i] for i in g], dim=1)) for n, g in zip(names, groups)])
         for row, name in enumerate(names):
             if name in constant:
@@ -353,7 +369,7 @@ class CAPModel(nn.Module):
         if self.gated and not self.training:
             terms = modality_terms(self.head, patterns, slices, groups)
             logits = gated_cosine(*terms, self.gate.gates(names, typical), self.head.temperature)
-        return CAPOutput(logits, list(patterns), modalities=names, typicality=typical)
+        return CAPOutput(logits, list(patterns), modalities=names, typicality=typical, **balance)
 
     def forward(self, inputs: Tensor | Mapping[str, Tensor], labels: Tensor | None = None) -> CAPOutput:
         """The scores of ``inputs``. ``labels``, the batch's classes, are read only by a mode whose

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .balance import BalanceSettings, attach_balance
 from .checkpoint import atomic_write_json, load_checkpoint
 from .corruption import corrupted_splits
 from .data import BatchLoader, ModalSplit
@@ -206,17 +207,21 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                    out_dir: Path, *, run_config: dict[str, Any], summary: dict[str, Any], anchor: str, pairing: str = "class",
                    modality_dropout: float = 0.0, device: torch.device | None = None, resume: bool = False, force: bool = False,
                    extra_results: Callable[[nn.Module], dict[str, Any]] | None = None,
-                   log: Callable[[str], None] = print, dist: DistContext = DistContext(), gate: bool = True) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, dist: DistContext = DistContext(), gate: bool = True,
+                   balance: BalanceSettings = BalanceSettings()) -> dict[str, Any]:
     """Train a multimodal model on paired splits and record per-modality errors and retrieval.
 
     ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
     Each epoch's metrics gain ``test_error_by_modality``, ``retrieval`` and ``corrupted_error``; so
     do the results. With ``gate`` a joint CAP model predicts with the gated joint score
     (:mod:`capsmm.gate`), its thresholds calibrated on the clean training pairs after every epoch.
+    ``balance`` turns on slice losses or gradient modulation (:mod:`capsmm.balance`); each epoch's
+    metrics then gain ``modality_balance``.
     Under torchrun (``dist``) the strategy of ``train.parallel`` shares the work; rank 0 writes.
     """
     device = device or torch.device("cpu")
     strategy = build_strategy(model, train_config, device, dist)
+    balancer = attach_balance(strategy, balance, train_config.seed)
     modalities = sorted(test)
     options = dict(batch_size=train_config.batch_size, eval_batch_size=train_config.eval_batch_size, device=device,
                    seed=train_config.seed, anchor=anchor, pairing=pairing)
@@ -225,6 +230,8 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     whole_test = pairs(test)  # the evaluators read every test pair on rank 0
     corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test, train_config.seed).items()} if len(modalities) > 1 else {}
     evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities, corrupted)]
+    if balancer is not None:
+        evaluators.append(lambda m: balancer.epoch_figures())
     before_evaluation = []
     if isinstance(model, CAPModel) and model.gate is not None and gate:
         model.gated = True
@@ -238,7 +245,8 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))
     trainer = Trainer(strategy, train_loader, test_loader, out_dir, run_config=run_config, summary=summary,
-                      evaluators=evaluators, before_evaluation=before_evaluation, diagnostics_batch=diagnostics, log=log)
+                      evaluators=evaluators, before_epoch=[balancer.start_epoch] if balancer is not None else [],
+                      before_evaluation=before_evaluation, diagnostics_batch=diagnostics, log=log)
     results = trainer.fit(resume=resume, force=force)
     if extra_results is not None and "frozen_predictions_unchanged" not in results:
         results.update(extra_results(trainer.model))

@@ -77,6 +77,20 @@ def _with(runs: Sequence[RunRecord], key: str) -> list[Cell]:
     return [(label, members) for label, members in labelled_cells(runs) if any(run.series(key)[0] for run in members)]
 
 
+def plot_modality_errors(runs: Sequence[RunRecord], path: Path) -> Path:
+    """Each modality's test error on its own, per epoch (multimodal runs), one panel per modality: inside
+    a joint model its own slices, in a late fusion its own model, trained alone on the same pairs (the
+    imbalance figure: how far joint training leaves a modality behind the same encoder alone)."""
+    modalities = sorted({name for run in runs for record in run.metrics for name in record.get("test_error_by_modality", {}) if "+" not in name})
+    fig, axes = plt.subplots(1, max(1, len(modalities)), figsize=(5.4 * max(1, len(modalities)), 4.2), squeeze=False)
+    for ax, modality in zip(axes[0], modalities):
+        for index, (label, members) in enumerate(_with(runs, f"test_error_by_modality.{modality}")):
+            _line(ax, members, f"test_error_by_modality.{modality}", f"C{index}", label, "o-", 100)
+        ax.set(xlabel="epoch", ylabel="test error (%)", title=f"{modality} alone (band: ± std over seeds)")
+        ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
 def plot_orthogonality_sparsity(runs: Sequence[RunRecord], path: Path) -> Path:
     """Inter-class orthogonality O and activation sparsity L1 per epoch (Fig. 3A, 3B)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -232,4 +246,6 @@ def plot_all(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         figures["incremental.png"] = plot_incremental
     if any(run.value("evaluation") for run in runs):
         figures["evaluation.png"] = plot_evaluations
+    if any("test_error_by_modality" in record for run in runs for record in run.metrics):
+        figures["modality_errors.png"] = plot_modality_errors
     return [plot(runs, out_dir / name) for name, plot in figures.items()]

@@ -41,6 +41,8 @@ class Purpose(IntEnum):
     MODALITY_DROPOUT = 12   #: which batches keep one modality only; index: the epoch
     CORRUPTION = 13         #: a test-time corruption; index: the corrupted variant
     GRADIENT_CHECK = 14     #: the dropout masks shared by the caps and caps-full gradients of the diagnostics
+    GRADIENT_NOISE = 15     #: OGM-GE's Gaussian noise on the encoders' gradients (the same on every rank); index: the epoch
+    PROBE = 16              #: the stratified training samples a linear probe of an encoder is fitted on
 
 
 def stream_seed(seed: int, purpose: Purpose, index: int = 0) -> int:

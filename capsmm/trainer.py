@@ -49,7 +49,9 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
 ADDED_KEYS = {"train.lean_keep": 0, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
-              **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()}}
+              **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()},
+              "multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "none",
+              "multimodal.modulation_alpha": 0.8, "multimodal.modulation_epochs": [1, 50]}
 
 
 def lr_factor(train: TrainConfig, epoch: int) -> float:
@@ -75,6 +77,8 @@ class Trainer:
         run_config: the whole resolved config (saved in checkpoints and results; a resumed run must match it).
         summary: fields that head ``results.json`` (dataset, backbone, mode...).
         evaluators: functions of the model giving extra per-epoch figures (e.g. per-modality error), as dicts.
+        before_epoch: functions of the epoch's index (0-based) run on every rank before the epoch trains
+            (e.g. starting gradient modulation's epoch: its range and its noise stream).
         before_evaluation: functions of the model run on every rank after each epoch's training, before
             it is evaluated (e.g. calibrating a multimodal model's gates).
         diagnostics_batch: the fixed batch that ``train.diagnostics_every`` reads.
@@ -90,6 +94,7 @@ class Trainer:
         run_config: dict[str, Any],
         summary: dict[str, Any],
         evaluators: Sequence[Evaluator] = (),
+        before_epoch: Sequence[Callable[[int], None]] = (),
         before_evaluation: Sequence[Callable[[Any], None]] = (),
         diagnostics_batch: Batch | None = None,
         log: Callable[[str], None] = print,
@@ -102,6 +107,7 @@ class Trainer:
         self.run_config = run_config
         self.summary = summary
         self.evaluators = list(evaluators)
+        self.before_epoch = list(before_epoch)
         self.before_evaluation = list(before_evaluation)
         self.evaluated_keys: set[str] = set()
         self.out_dir = Path(out_dir)
@@ -318,6 +324,8 @@ class Trainer:
             mode = self.schedule.mode_at(epoch, epochs)
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "mode": mode, "lr": lr}
+            for start_epoch in self.before_epoch:
+                start_epoch(epoch)
             record.update(self._train_epoch(epoch, mode))
             record["train_seconds"] = time.perf_counter() - began
             for prepare in self.before_evaluation:

@@ -109,7 +109,7 @@ def train_multimodal(config: MultimodalRun, *, resume: bool = False, force: bool
         results = fit_multimodal(model, train_parts, test_parts, config.train, out_dir, run_config=config.to_dict(), summary=summary,
                               anchor=mm.anchor, pairing=mm.pairing, modality_dropout=mm.modality_dropout if mm.fusion == "joint" else 0.0,
                               device=device, resume=resume, force=force, extra_results=extra_results, log=log, dist=context,
-                              gate=mm.gate)
+                              gate=mm.gate, balance=mm.balance())
         if context.is_main:  # what load_run needs to apply the finished model to new inputs
             save_input_pipeline(out_dir, {name: describe_inputs(part[0], part[2], part[3], getattr(config, name)) for name, part in parts.items()})
         return results

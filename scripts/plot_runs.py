@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """PNG figures of runs, one line per cell (runs that differ only in their seed: the mean, with a band
 of ± one std over seeds), labelled by the config keys that vary: errors (Fig. 2), orthogonality and
-sparsity (Fig. 3), gradient cosine per block, ||m|| per epoch, per-block accuracy. Diagnostics
-figures need runs trained with ``--set train.diagnostics_every=N``.
+sparsity (Fig. 3), gradient cosine per block, ||m|| per epoch, per-block accuracy; for multimodal
+runs each modality's own test error per epoch (modality_errors.png: joint against late fusion, whose
+models are the encoders trained alone). Diagnostics figures need runs trained with
+``--set train.diagnostics_every=N``.
 
 Example:
   python scripts/plot_runs.py runs/figures_fashion --out docs/figures

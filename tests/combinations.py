@@ -1,4 +1,5 @@
-"""The combination matrix: every mode x memory x amp x readout norm x frozen modality x parallel.
+"""The combination matrix: every mode x memory x amp x readout norm x frozen modality x parallel x
+modality balancing (none; slice losses; OGM-GE gradient modulation, on a joint model of two encoders).
 
 Each combination is either refused when its config is read (``validate()``, before any data), or
 takes two training steps on a tiny model and is compared with its reference:
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import capsmm.modes  # noqa: E402
 from capsmm import CAPModel, build_encoder  # noqa: E402
+from capsmm.balance import attach_balance  # noqa: E402
 from capsmm.config import MultimodalRunConfig, RunConfig, TrainConfig, set_value  # noqa: E402
 from capsmm.distributed import DistContext  # noqa: E402
 from capsmm.errors import ConfigError  # noqa: E402
@@ -48,6 +50,10 @@ AMP = ("none", "bf16")
 NORMS = ("batchnorm", "layernorm", "none")
 FROZEN = (False, True)
 PARALLEL = ("none", "data", "blocks-1", "blocks-2")
+#: multimodal balancing: none, per-modality slice losses, OGM-GE (with a strong alpha, so that it scales and perturbs)
+BALANCE = ("none", "slice", "ogm-ge")
+BALANCE_KEYS = {"none": {}, "slice": {"multimodal.slice_loss_weight": 0.5},
+                "ogm-ge": {"multimodal.modulation": "ogm-ge", "multimodal.modulation_alpha": 2.0}}
 
 BATCH, CLASSES, IN_SHAPE = 16, 5, (1, 8, 8)
 #: relative gradient difference under which a combination counts as exact (float32 summation order)
@@ -62,6 +68,7 @@ class Combo:
     norm: str
     frozen: bool
     parallel: str
+    balance: str = "none"
     batch: int = BATCH
 
     @property
@@ -74,7 +81,13 @@ class Combo:
 
     @property
     def id(self) -> str:
-        return f"b{self.batch}-{self.mode}-{self.memory}-amp_{self.amp}-{self.norm}-{'frozen' if self.frozen else 'single'}-{self.parallel}"
+        balance = "" if self.balance == "none" else f"-{self.balance}"
+        return f"b{self.batch}-{self.mode}-{self.memory}-amp_{self.amp}-{self.norm}-{'frozen' if self.frozen else 'single'}-{self.parallel}{balance}"
+
+    @property
+    def encoders(self) -> int:
+        """A frozen modality extends a trained model by a second encoder; balancing needs two encoders."""
+        return 2 if self.frozen or self.balance != "none" else 1
 
     def claim(self) -> str:
         """What the README claims when the combination is accepted: ``reference``, ``exact``, or
@@ -103,23 +116,27 @@ class Combo:
         """Which combinations the README says are refused (an independent statement of the rules)."""
         lean_without_cut = self.memory == "lean" and self.mode in ("bp", "caps-full")
         blocks = self.parallel.startswith("blocks")
-        peer_with_two_encoders = self.frozen and self.mode in capsmm.modes.PEER_MODES
+        peer_with_two_encoders = self.encoders > 1 and self.mode in capsmm.modes.PEER_MODES
+        balance_without_global_head = self.balance != "none" and self.mode not in ("bp", "caps", "caps-full")
         ff_beyond_one_plain_process = self.mode == "ff" and (self.memory == "lean" or self.parallel != "none")
-        return (lean_without_cut or peer_with_two_encoders or ff_beyond_one_plain_process
-                or (blocks and (self.frozen or self.memory == "lean" or self.mode == "caps-full")))
+        return (lean_without_cut or peer_with_two_encoders or balance_without_global_head or ff_beyond_one_plain_process
+                or (blocks and (self.encoders > 1 or self.memory == "lean" or self.mode == "caps-full")))
 
 
 def all_combos(batch: int = BATCH) -> list[Combo]:
-    return [Combo(*values, batch=batch) for values in itertools.product(MODES, MEMORY, AMP, NORMS, FROZEN, PARALLEL)]
+    return [Combo(*values, batch=batch) for values in itertools.product(MODES, MEMORY, AMP, NORMS, FROZEN, PARALLEL, BALANCE)]
 
 
 def config_for(combo: Combo) -> Any:
-    """The run config a user would write for ``combo`` (a joint image+audio extension when frozen)."""
+    """The run config a user would write for ``combo`` (a joint image+audio model, extending a trained
+    image model when frozen)."""
     train = {"train.mode": combo.mode, "train.memory": combo.memory, "train.amp": combo.amp, "train.batch_size": combo.batch,
              "train.parallel": "blocks" if combo.parallel.startswith("blocks") else "data", "train.micro_batches": combo.micro_batches}
-    if combo.frozen:
+    if combo.encoders > 1:
         config = MultimodalRunConfig()
-        settings = {**train, "model.readout_norm": combo.norm, "multimodal.extend_from": "runs/trained-image-model"}
+        settings = {**train, "model.readout_norm": combo.norm, **BALANCE_KEYS[combo.balance]}
+        if combo.frozen:
+            settings["multimodal.extend_from"] = "runs/trained-image-model"
     else:
         config = RunConfig()
         settings = {**train, "data.name": "digits", "model.readout_norm": combo.norm}
@@ -147,13 +164,14 @@ def refusal(combo: Combo) -> str | None:
 def build(combo: Combo, dropout: float) -> tuple[CAPModel, Any, torch.Tensor, list[str]]:
     """The tiny model of ``combo`` (seeded), a batch, and the names of its frozen modalities."""
     torch.manual_seed(0)
-    names = ["a", "b"] if combo.frozen else ["image"]
+    names = ["a", "b"] if combo.encoders > 1 else ["image"]
 
     def encoder() -> torch.nn.Module:
         return build_encoder("mlp", in_shape=IN_SHAPE, depth=4, hidden=32, dropout=dropout)
 
-    model = CAPModel({names[0]: encoder()}, {names[0]: IN_SHAPE}, num_classes=CLASSES, mode=combo.mode, pattern_width=16,
-                     readout_norm=combo.norm)
+    first = names[:1] if combo.frozen else names  # a frozen modality: the trained model's, extended by the other
+    model = CAPModel({name: encoder() for name in first}, {name: IN_SHAPE for name in first}, num_classes=CLASSES, mode=combo.mode,
+                     pattern_width=16, readout_norm=combo.norm)
     frozen = names[:1] if combo.frozen else []
     if frozen:  # as multimodal.extend_from does: freeze the trained model, append a modality
         model.freeze()
@@ -161,7 +179,7 @@ def build(combo: Combo, dropout: float) -> tuple[CAPModel, Any, torch.Tensor, li
     generator = torch.Generator().manual_seed(1)
     x = {name: torch.randn(combo.batch, *IN_SHAPE, generator=generator) for name in names}
     y = torch.arange(combo.batch) % CLASSES
-    return model.train(), (x if combo.frozen else x["image"]), y, frozen
+    return model.train(), (x if len(names) > 1 else x["image"]), y, frozen
 
 
 def train_config(combo: Combo, memory: str | None = None, parallel: bool = True) -> TrainConfig:
@@ -207,6 +225,9 @@ def compare(combo: Combo, rank: int = 0, world: int = 1) -> dict[str, Any]:
     strategy = build_strategy(model, train_config(combo), torch.device("cpu"), context)
     reference_memory = combo.memory if combo.parallel == "data" else "standard"
     reference = build_strategy(reference_model, train_config(combo, memory=reference_memory, parallel=False), torch.device("cpu"))
+    if combo.balance != "none":  # as fit_multimodal does, with the settings the run config makes
+        for each in (strategy, reference):
+            attach_balance(each, config_for(combo).multimodal.balance(), seed=0)
     frozen_before = {n: t.clone() for n, t in [*model.named_parameters(), *model.named_buffers()]
                      if n.split(".")[1] in frozen or n == "head.chunks.0" and frozen}
     start = {n: p.clone() for n, p in model.named_parameters()}
@@ -279,28 +300,30 @@ def measure_all(batch: int = BATCH) -> dict[Combo, dict[str, Any]]:
 
 
 def markdown(by_batch: dict[int, dict[Combo, dict[str, Any]]]) -> str:
-    """The matrix grouped by (memory, parallel, outcome): how many combinations and modes, and the
-    largest relative gradient difference measured, fp32 and bf16, at each global batch."""
+    """The matrix grouped by (memory, parallel, balance, outcome): how many combinations and modes, and
+    the largest relative gradient difference measured, fp32 and bf16, at each global batch."""
     batches = sorted(by_batch)
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for batch in batches:
         for combo, outcome in by_batch[batch].items():
             claim = f"refused: {outcome['refused']}" if "refused" in outcome else combo.claim()
-            group = groups.setdefault((combo.memory, combo.parallel, claim), {"combos": set(), "modes": set(), "worst": {}})
+            group = groups.setdefault((combo.memory, combo.parallel, combo.balance, claim), {"combos": set(), "modes": set(), "worst": {}})
             group["combos"].add(dataclasses.replace(combo, batch=BATCH))
             group["modes"].add(combo.mode)
             if "difference" in outcome:
                 key = (batch, combo.amp)
                 group["worst"][key] = max(group["worst"].get(key, 0.0), outcome["difference"])
     head = " | ".join(f"batch {b}: fp32 / bf16" for b in batches)
-    lines = [f"| memory | parallel | outcome | combinations | modes | {head} |", "|---|---|---|---|---|" + "---|" * len(batches)]
-    for (memory, parallel, claim), group in sorted(groups.items(), key=lambda item: (item[0][2].startswith("refused"), item[0])):
+    lines = [f"| memory | parallel | balance | outcome | combinations | modes | {head} |", "|---|---|---|---|---|---|" + "---|" * len(batches)]
+    order = {name: i for i, name in enumerate(BALANCE)}
+    for (memory, parallel, balance, claim), group in sorted(groups.items(), key=lambda item: (item[0][3].startswith("refused"),
+                                                                                              order[item[0][2]], item[0])):
         if claim.startswith(("refused", "reference")):
             cells = ["-"] * len(batches)
         else:
             cells = [" / ".join(f"{group['worst'][(b, amp)]:.0e}" if (b, amp) in group["worst"] else "-" for amp in AMP) for b in batches]
         modes = ", ".join(m for m in MODES if m in group["modes"])
-        lines.append(f"| {memory} | {parallel} | {claim} | {len(group['combos'])} | {modes} | {' | '.join(cells)} |")
+        lines.append(f"| {memory} | {parallel} | {balance} | {claim} | {len(group['combos'])} | {modes} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

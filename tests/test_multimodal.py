@@ -254,3 +254,179 @@ def test_a_corrupted_modality_leaves_the_joint_prediction_to_the_clean_one(tmp_p
     by_modality = dict(results["test_error_by_modality"], **{"audio+image": results["ungated_error"]["clean"]})
     assert ungated["test_error_by_modality"] == by_modality
     assert ungated["corrupted_error"] == {name: results["ungated_error"][name] for name in corrupted}
+
+
+# ---------------------------------------------------------------------------- balancing the modalities
+
+def balanced(mode="caps", slice_loss_weight=0.0):
+    """The joint model set to score each modality alone, as capsmm.balance.attach_balance does."""
+    model = joint(mode).train()
+    model.score_modalities, model.slice_loss_weight = True, slice_loss_weight
+    return model
+
+
+def hand_cross_entropy(logits, y):
+    return (logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)).mean()
+
+
+def test_the_slice_loss_is_each_modalitys_own_slice_cross_entropy_added_with_its_weight():
+    model = balanced(slice_loss_weight=0.3)
+    inputs, y = batch()
+    out = model(inputs)
+    by_modality = {name: [p for p, owner in zip(out.patterns, [n for n in model.encoders for _ in model.read_blocks[n]]) if owner == name]
+                   for name in model.encoders}
+    own = {}
+    for name, patterns in by_modality.items():
+        m = torch.cat(patterns, 1)
+        mu = model.head.prototype_slices(model.slices[name])
+        own[name] = (m / m.norm(dim=1, keepdim=True)) @ (mu / mu.norm(dim=1, keepdim=True)).T / model.head.temperature
+    expected = hand_cross_entropy(out.logits, y) + 0.3 * (hand_cross_entropy(own["audio"], y) + hand_cross_entropy(own["image"], y))
+    torch.testing.assert_close(training_loss(out, y), expected, rtol=1e-5, atol=1e-6)
+    for name, logits in own.items():  # the own-slice scores are the model's prediction from that modality alone
+        torch.testing.assert_close(out.modality_logits[name], logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["caps", "bp"])
+def test_a_zero_slice_loss_weight_is_the_plain_joint_loss_exactly(mode):
+    inputs, y = batch()
+    plain, scored = joint(mode).train(), balanced(mode, slice_loss_weight=0.0)
+    torch.manual_seed(3)
+    plain_loss = training_loss(plain(inputs), y)
+    torch.manual_seed(3)  # the same dropout masks
+    out = scored(inputs)
+    loss = training_loss(out, y)
+    assert out.modality_logits is not None and torch.equal(loss, plain_loss)
+    plain_loss.backward()
+    loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), scored.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_with_slice_losses_each_caps_block_learns_the_whole_objective_at_its_own_pattern():
+    model = balanced("caps", slice_loss_weight=0.5)
+    inputs, y = batch()
+    out = model(inputs)
+    leaves = [p.detach().requires_grad_() for p in out.patterns]
+    slices = [s for name in model.encoders for s in model.slices[name]]
+    partials = torch.autograd.grad(training_loss(model.score(leaves, slices), y), leaves)
+    blocks = [block for name in model.encoders for block in model.encoders[name].blocks]
+    expected = [torch.autograd.grad(out.patterns[k], list(block.parameters()), grad_outputs=partials[k], retain_graph=True)
+                for k, block in enumerate(blocks)]
+    training_loss(out, y).backward()
+    for k, (block, grads) in enumerate(zip(blocks, expected)):
+        for p, g in zip(block.parameters(), grads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7, msg=f"block {k}")
+
+
+def test_a_modalitys_slice_loss_reaches_no_other_encoder():
+    model = balanced("caps-full", slice_loss_weight=1.0)
+    inputs, y = batch()
+    out = model(inputs)
+    for name, logits in out.modality_logits.items():
+        loss = F.cross_entropy(logits, y)
+        for other in set(model.encoders) - {name}:
+            grads = torch.autograd.grad(loss, list(model.encoders[other].parameters()) + list(model.readouts[other].parameters()),
+                                        allow_unused=True, retain_graph=True)
+            assert all(g is None for g in grads), f"{name}'s slice loss reaches the {other} encoder"
+        assert any(g is not None for g in torch.autograd.grad(loss, list(model.encoders[name].parameters()), allow_unused=True,
+                                                              retain_graph=True))
+
+
+def test_the_modulation_coefficient_by_hand():
+    from capsmm.balance import discrepancy_coefficients
+
+    lead = 1 - torch.tanh(torch.tensor(0.8 * (2.0 - 1)))  # rho = 3 / 1.5 = 2
+    torch.testing.assert_close(discrepancy_coefficients(torch.tensor([3.0, 1.5]), 0.8), torch.stack([lead, torch.tensor(1.0)]))
+    # three modalities: each against the mean of the others; 3 / mean(1, 2) = 2, 1 / 2.5, 2 / 2 = 1 (no lead)
+    torch.testing.assert_close(discrepancy_coefficients(torch.tensor([3.0, 1.0, 2.0]), 0.8), torch.stack([lead, torch.tensor(1.0), torch.tensor(1.0)]))
+
+
+@pytest.mark.parametrize("modulation", ["ogm", "ogm-ge"])
+def test_modulation_scales_only_the_leading_modalitys_encoder_gradients(modulation):
+    from capsmm.balance import BalanceSettings, attach_balance, branch_weights, discrepancy_coefficients
+    from capsmm.strategies import build_strategy
+
+    model = joint("caps")
+    strategy = build_strategy(model, small_train(), torch.device("cpu"))
+    seen = {}
+
+    def before_modulation(output, labels):
+        seen["grads"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        seen["scores"] = torch.stack([l.softmax(1).gather(1, labels[:, None]).sum() for l in output.modality_logits.values()])
+        seen["names"] = list(output.modality_logits)
+
+    strategy.add_after_backward(before_modulation)
+    balance = attach_balance(strategy, BalanceSettings(modulation=modulation, alpha=2.0), seed=0)
+    strategy.step(*batch(64))
+    k = dict(zip(seen["names"], discrepancy_coefficients(seen["scores"], 2.0)))
+    leader = min(k, key=k.get)
+    assert k[leader] < 0.99 and all(v == 1 for name, v in k.items() if name != leader)
+    branch = {id(p): name for name in model.modalities for p in branch_weights(model, name)}
+    for n, p in model.named_parameters():
+        before = seen["grads"][n]
+        if id(p) not in branch:  # prototypes, biases, normalisation: untouched
+            assert torch.equal(p.grad, before), n
+        elif modulation == "ogm":
+            torch.testing.assert_close(p.grad, k[branch[id(p)]] * before, msg=n)
+        elif p.numel() >= 500:  # ogm-ge: scaled, plus noise with the gradient's own spread
+            noise = p.grad - k[branch[id(p)]] * before
+            assert 0.8 < (noise.std() / before.std()).item() < 1.25 and abs(noise.mean().item()) < 0.2 * before.std().item(), n
+    figures = balance.epoch_figures()["modality_balance"]
+    assert set(figures["score"]) == {"audio", "image"} and figures["coefficient"][leader] == pytest.approx(k[leader].item())
+    balance.start_epoch(60)  # past multimodal.modulation_epochs' default last epoch (50): scored, not modulated
+    strategy.step(*batch(64))
+    assert all(torch.equal(p.grad, seen["grads"][n]) for n, p in model.named_parameters())
+    assert set(balance.epoch_figures()["modality_balance"]) == {"score"}
+
+
+def test_balancing_records_its_figures_every_epoch(tmp_path):
+    from capsmm.balance import BalanceSettings
+
+    train, test = paired_parts()
+    fit_multimodal(joint("caps"), train, test, small_train(epochs=2), tmp_path, run_config={}, summary={}, anchor="audio",
+                   log=lambda _: None, balance=BalanceSettings(slice_loss_weight=0.5, modulation="ogm-ge"))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert set(record["test_error_by_modality"]) == {"audio", "image", "audio+image"}
+        assert set(record["modality_balance"]["score"]) == set(record["modality_balance"]["coefficient"]) == {"audio", "image"}
+        assert all(0 < v < 1 for v in record["modality_balance"]["score"].values())
+
+
+def test_a_linear_probe_reads_what_the_features_hold():
+    from capsmm.probe import fit_probe
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    informative = F.one_hot(labels, 4).double() * 5 + torch.randn(400, 4, generator=generator, dtype=torch.float64)
+    noise = torch.randn(400, 6, generator=generator, dtype=torch.float64)
+    separable = fit_probe(torch.cat([informative, noise], 1)[:300], labels[:300], torch.cat([informative, noise], 1)[300:], labels[300:],
+                          num_classes=4)
+    assert separable["test_error"] < 0.03 and separable["dim"] == 10  # class means 7 std apart: Bayes error about 0.1%
+    blind = fit_probe(noise[:300], labels[:300], noise[300:], labels[300:], num_classes=4)
+    assert blind["test_error"] > 0.55  # chance is 0.75
+
+
+def test_probe_features_are_a_modalitys_patterns_or_its_last_block():
+    from capsmm.probe import encoder_features
+
+    train, _ = paired_parts()
+    model = joint("caps")
+    patterns, labels = encoder_features(model, "image", train["image"], batch_size=32)
+    assert patterns.shape == (96, sum(model.pattern_widths["image"].values())) and torch.equal(labels, train["image"].labels)
+    last, _ = encoder_features(model, "audio", train["audio"], features="last", batch_size=32)
+    assert last.ndim == 2 and last.shape[0] == 96 and model.training  # the model's training state is restored
+
+
+def test_concat_bp_scores_each_modality_with_its_part_of_the_linear_head():
+    torch.manual_seed(0)
+    model = build_fusion_model("concat-bp", SPECS, num_classes=4, mode="bp", head_options=HEAD).train()
+    model.score_modalities, model.slice_loss_weight = True, 1.0
+    inputs, y = batch()
+    out = model(inputs)
+    own = {name: out.patterns[i] @ model.head.prototype_slices(model.slices[name]).T
+           for i, name in enumerate(model.encoders)}  # bp reads each encoder's last block: one pattern per modality
+    for name, logits in own.items():
+        torch.testing.assert_close(out.modality_logits[name], logits)
+    torch.testing.assert_close(out.logits, own["audio"] + own["image"])  # the linear head is the sum of its parts
+    torch.testing.assert_close(training_loss(out, y), hand_cross_entropy(out.logits, y) + sum(hand_cross_entropy(v, y) for v in own.values()))

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from conftest import load_script
+from conftest import load_script, run_script
 
 train_multimodal = load_script("train_multimodal")
+probe = load_script("probe")
 
 
 def run(argv, capsys):
@@ -23,6 +24,12 @@ def run(argv, capsys):
     (["--set", "multimodal.modalities=[image,smell]"], "unknown modality 'smell'; valid: audio, image"),
     (["--set", "multimodal.anchor=text"], "multimodal.anchor 'text' is not one of"),
     (["--set", "audio.sample_rate=fast"], "audio.sample_rate: expected an integer"),
+    (["--set", "multimodal.modulation=ogmge"], "unknown multimodal.modulation 'ogmge' (did you mean 'ogm-ge'?); valid: none, ogm, ogm-ge"),
+    (["--set", "multimodal.slice_loss_weight=-1"], "multimodal.slice_loss_weight must be in [0, 100], got -1"),
+    (["--set", "multimodal.modulation_epochs=[5,2]"], "multimodal.modulation_epochs must be [first, last] epochs with 1 <= first <= last"),
+    (["--fusion", "late", "--set", "multimodal.modulation=ogm-ge"], "late fusion trains each modality alone"),
+    (["--mode", "local", "--set", "multimodal.slice_loss_weight=1"], "which train.mode local does not train"),
+    (["--set", "multimodal.modalities=[audio]", "--set", "multimodal.slice_loss_weight=1"], "this run trains audio alone"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path):
     code, _, err = run([*argv, "--out", str(tmp_path)], capsys)
@@ -118,3 +125,32 @@ def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, cap
                         "--out", str(tmp_path / "both")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "both" / "results.json").read_text())["frozen_predictions_unchanged"] is True
+
+
+def test_balanced_joint_training_and_linear_probes_of_its_encoders(tmp_path, capsys):
+    """Slice losses and OGM-GE on, the per-epoch figures appear; probes of the joint run's encoders and
+    of the late run's (the same encoders trained alone) are written and printed; the per-modality
+    figure is drawn."""
+    write_class_sorted_folders(tmp_path, sizes=[30, 20, 10])
+    common = ["--image-dataset", "imagefolder", "--image-root", str(tmp_path / "images"), "--audio-dataset", "audiofolder",
+              "--audio-root", str(tmp_path / "audio"), "--set", "image.image_size=12", "--set", "audio.duration=0.25", "--epochs", "2", *SMALL]
+    code, _, err = run([*common, "--set", "multimodal.slice_loss_weight=0.5", "--set", "multimodal.modulation=ogm-ge",
+                        "--out", str(tmp_path / "joint")], capsys)
+    assert code == 0, err
+    metrics = [json.loads(line) for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(set(m["modality_balance"]["coefficient"]) == {"audio", "image"} for m in metrics)
+    assert all(set(m["test_error_by_modality"]) == {"audio", "image", "audio+image"} for m in metrics)
+    code, _, err = run([*common, "--fusion", "late", "--out", str(tmp_path / "late")], capsys)
+    assert code == 0, err
+    code, out, err = run_script(probe.main, [str(tmp_path / "joint"), str(tmp_path / "late"), "--max-train", "40"], capsys)
+    assert code == 0, err
+    for run_dir in ("joint", "late"):
+        figures = json.loads((tmp_path / run_dir / "evaluation" / "probe-patterns.json").read_text())
+        for modality in ("audio", "image"):
+            assert 0 <= figures[modality]["test_error"] <= 1 and figures[modality]["train_samples"] <= 40
+    assert out.count("| audio |") == 2 and out.count("| image |") == 2
+    code, _, err = run_script(probe.main, [str(tmp_path / "nothing")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, out, err = run_script(load_script("plot_runs").main, [str(tmp_path / "joint"), str(tmp_path / "late"), "--out", str(tmp_path / "fig")],
+                                capsys)
+    assert code == 0 and (tmp_path / "fig" / "modality_errors.png").is_file(), err

@@ -74,6 +74,12 @@ def increasing_epochs(key: str, values: Any) -> str | None:
     return None if ok else f"{key} must be increasing epoch numbers >= 1, got {values!r}"
 
 
+def epoch_range(key: str, values: Any) -> str | None:
+    ok = (isinstance(values, list) and len(values) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+          and 1 <= values[0] <= values[1])
+    return None if ok else f"{key} must be [first, last] epochs with 1 <= first <= last, got {values!r}"
+
+
 def check_fields(section: Any, prefix: str) -> None:
     """Run every field's check on ``section``; the first failure is a one-line :class:`ConfigError`."""
     for f in dataclasses.fields(section):

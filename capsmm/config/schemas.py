@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..balance import refusal as balance_refusal
 from ..errors import ConfigError
 from ..modes import LABELLED_INPUT_MODES, PEER_MODES, ModeSchedule
 from ..strategies import Setup, check_setup
@@ -93,6 +94,9 @@ class MultimodalRun:
         if peers and (len(mm.modalities) > 1 and mm.fusion != "late" or mm.extend_from):
             raise ConfigError(f"mode {peers[0]} (a layer-local peer) trains single-encoder models: use --fusion late, one modality, "
                               "or scripts/train_vision.py")
+        balancing = balance_refusal(mm.balance(), fusion=mm.fusion, modalities=mm.modalities, modes=sorted(modes))
+        if balancing:
+            raise ConfigError(balancing)
         check_setup(Setup.of(self.train, encoders=len(mm.modalities), frozen=bool(mm.extend_from), fusion=mm.fusion))
         return self
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..balance import MODULATIONS, BalanceSettings
 from ..data import DATASETS
 from ..encoder import ENCODERS, encoder_modality, encoder_options
 from ..errors import ConfigError
@@ -24,7 +25,7 @@ from ..modes import ModeSchedule
 from ..prototypes import HEADS
 from ..readout import READOUT_NORMS
 from ..strategies import ADAM_IMPLS, MEMORY, OPTIMIZERS, PARALLEL
-from .fields import at_least, check_fields, in_range, increasing_epochs, non_negative, one_of, opt
+from .fields import at_least, check_fields, epoch_range, in_range, increasing_epochs, non_negative, one_of, opt
 from .modalities import MODALITY_SECTIONS
 
 
@@ -207,8 +208,23 @@ class MultimodalConfig:
                        check=one_of(("class", "row")))
     modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0,
                                   check=in_range(0, 1))
+    slice_loss_weight: float = opt("joint or concat-bp: weight of each modality's slice loss (its cross-entropy scored on its own prototype "
+                                   "slices alone) added to the joint loss; 0 = off (docs/multimodal.md, balancing the modalities)", 0.0,
+                                   check=in_range(0, 100, open_high=False))
+    modulation: str = opt("joint or concat-bp: on-the-fly gradient modulation (Peng et al. 2022): ogm scales the leading modality's encoder "
+                          "gradients down by its lead in true-class probability; ogm-ge also adds Gaussian noise; none = off", "none",
+                          check=one_of(MODULATIONS))
+    modulation_alpha: float = opt("ogm, ogm-ge: how strongly a lead slows the leading modality: its gradients times 1 - tanh(alpha * (ratio - 1)), "
+                                  "ratio = its true-class probability over the others' mean", 0.8,
+                                  check=in_range(1e-6, 100, open_high=False))
+    modulation_epochs: list[int] = opt("ogm, ogm-ge: [first, last] epoch of the modulation (1-based, inclusive)", factory=lambda: [1, 50],
+                                       check=epoch_range)
     gate: bool = opt("joint fusion: each modality's weight in the joint score follows how typical its pattern is (docs/multimodal.md)", True)
     extend_from: str | None = opt("run folder of a trained joint model: freeze it and train only the modalities it lacks", None)
+
+    def balance(self) -> BalanceSettings:
+        """The balancing settings these keys make (:mod:`capsmm.balance`)."""
+        return BalanceSettings(self.slice_loss_weight, self.modulation, self.modulation_alpha, tuple(self.modulation_epochs))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)

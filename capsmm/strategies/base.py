@@ -28,6 +28,8 @@ OPTIMIZERS = ("adam", "sgd")
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 Inputs = Tensor | dict[str, Tensor]
+AfterBackward = Callable[[Any, Tensor], None]
+"""A hook run between a step's backward and its optimiser step, given the model's output and the labels."""
 
 
 class TrainSettings(Protocol):
@@ -207,6 +209,12 @@ class Strategy(ABC):
     def prepare(self, inputs: Inputs) -> Inputs:
         return prepare_inputs(inputs, self.train_config.channels_last)
 
+    def add_after_backward(self, hook: AfterBackward) -> None:
+        """Run ``hook(output, labels)`` in every step between the backward and the optimiser step, after
+        the hooks added before it (a data-parallel run's gradient averaging: the hook sees the averaged
+        gradients). Strategies that split the model over ranks have no such moment and refuse."""
+        raise ConfigError(f"{type(self).__name__} runs no hook between the backward and the optimiser step")
+
     @abstractmethod
     def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
         """Forward, loss, backward and optimiser step on one batch (phases timed by ``timer``)."""
@@ -230,12 +238,16 @@ class LocalStrategy(Strategy):
     """A strategy whose step runs in this process alone: forward and loss, backward, optimiser step.
 
     Subclasses say how the loss and its backward are computed; ``after_backward`` hooks run between
-    the backward and the optimiser step (data-parallel training averages gradients there).
+    the backward and the optimiser step, in the order they were added (data-parallel training
+    averages gradients there; gradient modulation, :mod:`capsmm.balance`, scales them).
     """
 
     def __init__(self, model: nn.Module, train: TrainSettings, device: torch.device, dist: DistContext = DistContext()) -> None:
         super().__init__(model, train, device, dist)
-        self.after_backward: list[Callable[[], None]] = []
+        self.after_backward: list[AfterBackward] = []
+
+    def add_after_backward(self, hook: AfterBackward) -> None:
+        self.after_backward.append(hook)
 
     @abstractmethod
     def forward_loss(self, inputs: Inputs, labels: Tensor) -> tuple[Any, Tensor, Any]:
@@ -253,7 +265,7 @@ class LocalStrategy(Strategy):
         with phase("backward"):
             self.backward(loss, pending)
             for hook in self.after_backward:
-                hook()
+                hook(output, labels)
         with phase("optimizer"):
             self.optimizer.step()
         return StepOutput.reported(loss, output.logits)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..distributed import DistContext, average_gradients
 from ..modes import LABELLED_INPUT_MODES
 from ..profiling import PhaseTimer
-from .base import Inputs, LocalStrategy, Setup, StepOutput, Strategy, single_process_only
+from .base import AfterBackward, Inputs, LocalStrategy, Setup, StepOutput, Strategy, single_process_only
 from .registry import PARALLEL
 
 
@@ -31,7 +31,7 @@ class DataParallel(Strategy):
         self.local = local
         if self.train_config.sync_batchnorm:
             nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        local.after_backward.append(self.average)
+        local.add_after_backward(lambda output, labels: self.average())
 
     @classmethod
     def refusal(cls, setup: Setup) -> str | None:
@@ -55,6 +55,10 @@ class DataParallel(Strategy):
 
     def average(self) -> None:
         average_gradients(self.local.trainable_parameters(), self.dist, self.model.buffers())
+
+    def add_after_backward(self, hook: AfterBackward) -> None:
+        """After the averaging: the hook sees the global batch's gradients, the same on every rank."""
+        self.local.add_after_backward(hook)
 
     def step(self, inputs: Inputs, labels: Tensor, timer: PhaseTimer | None = None) -> StepOutput:
         return self.local.step(inputs, labels, timer)
