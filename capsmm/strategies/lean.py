@@ -24,16 +24,20 @@ blocks are recomputed, so the peak hardly moves while the step gets faster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
+from ..distributed import DistContext
 from ..layers import batchnorm_stats_frozen
 from ..model import CAPModel, CAPOutput
 from ..modes import DETACHED_MODES
 from ..objectives import training_loss
-from .base import Inputs, LocalStrategy, Setup
+from .base import Inputs, LocalStrategy, Setup, TrainSettings
 from .registry import MEMORY
+from .segments import BatchStatistics, Statistics, backward_in_segments, graph_bytes_per_sample, segment_counts
 
 
 def _rng_state(device: torch.device) -> Tensor:
@@ -49,13 +53,18 @@ def _set_rng_state(device: torch.device, state: Tensor) -> None:
 
 @dataclass
 class KeptBlock:
-    """A block to recompute: where it is, what it read, the RNG state it ran with, its pattern leaf."""
+    """A block to recompute: where it is, what it read, the RNG state it ran with, its pattern leaf;
+    when it is recomputed in ``segments`` micro-batches, also its ``activation`` and the whole-batch
+    ``statistics`` of its batch norms, from step 1."""
 
     modality: str
     index: int
     input: Tensor
     rng: Tensor
     leaf: Tensor
+    segments: int = 1
+    activation: Tensor | None = None
+    statistics: list[Statistics] = field(default_factory=list)
 
 
 @MEMORY.register("lean")
@@ -72,6 +81,29 @@ class Lean(LocalStrategy):
         if setup.fusion == "late":
             return "train.memory=lean is for joint and single models, not late fusion"
         return None
+
+    def __init__(self, model: CAPModel, train: TrainSettings, device: torch.device, dist: DistContext = DistContext()) -> None:
+        super().__init__(model, train, device, dist)
+        #: (modality, block index) -> micro-batches the block's recomputation is split into (absent: 1)
+        self.segments: dict[tuple[str, int], int] = {} if train.lean_segments == 1 else self._segment_counts(train.lean_segments)
+
+    def _segment_counts(self, setting: int | str) -> dict[tuple[str, int], int]:
+        """Micro-batches per recomputed block, from the bytes per sample each block's graph holds
+        (:func:`~capsmm.strategies.segments.segment_counts` says how)."""
+        model: CAPModel = self.model
+        was_training = model.training
+        model.train()
+        try:
+            graphs = {}
+            for name, encoder in model.encoders.items():
+                probe = encoder.probe_input(model.in_shapes[name], self.device)
+                run = lambda x, name=name: (block.activation for block in model.iter_blocks({name: x}, read=False))  # noqa: E731
+                sizes = graph_bytes_per_sample(run, probe, encoder)
+                recomputed = range(max(0, len(sizes) - self.keep_last))
+                graphs |= {(name, i): sizes[i] for i in recomputed if self._trainable(name, i)}
+        finally:
+            model.train(was_training)
+        return segment_counts(setting, graphs)
 
     @property
     def keep_last(self) -> int:
@@ -90,11 +122,18 @@ class Lean(LocalStrategy):
         for name, x in model.as_inputs(inputs).items():
             first_kept = max(0, len(model.encoders[name].blocks) - self.keep_last)
             rng = _rng_state(x.device)
-            with torch.no_grad():
-                for block in model.iter_blocks({name: x}, stop=first_kept):
-                    leaf = block.pattern
+            segments = [self.segments.get((name, index), 1) for index in range(first_kept + 1)]
+            statistics = BatchStatistics()  # of the blocks (not the readouts) recomputed in segments
+            statistics.enabled = segments[0] > 1
+            with torch.no_grad(), statistics if self.segments else contextlib.nullcontext():
+                for block in model.iter_blocks({name: x}, stop=first_kept, read=False):
+                    norms, statistics.enabled = statistics.take(), False
+                    leaf = model.read(name, block.index, block.activation)
+                    statistics.enabled = segments[block.index + 1] > 1
                     if self._trainable(name, block.index):
-                        kept.append(KeptBlock(name, block.index, block.input, rng, leaf.requires_grad_()))
+                        split = segments[block.index]
+                        kept.append(KeptBlock(name, block.index, block.input, rng, leaf.requires_grad_(), split,
+                                              block.activation if split > 1 else None, norms))
                     patterns.append(leaf)
                     slices.append(block.slice)
                     rng = _rng_state(x.device)  # blocks draw their dropout masks in the block, readouts draw none
@@ -105,11 +144,23 @@ class Lean(LocalStrategy):
         output = model.score(patterns, slices)
         return output, training_loss(output, labels), kept
 
-    def recompute(self, kept: KeptBlock) -> Tensor:
-        """Block ``kept`` again, with autograd, from its kept input and RNG state (statistics untouched)."""
+    def recompute(self, kept: KeptBlock, rows: slice = slice(None), read: bool = True) -> Tensor:
+        """Block ``kept`` again, with autograd, from (``rows`` of) its kept input and its RNG state: its
+        pattern, or with ``read=False`` its activation."""
         _set_rng_state(kept.input.device, kept.rng)
-        block = next(self.model.iter_blocks({kept.modality: kept.input}, start=kept.index, stop=kept.index + 1))
-        return block.pattern
+        block = next(self.model.iter_blocks({kept.modality: kept.input[rows]}, start=kept.index, stop=kept.index + 1, read=read))
+        return block.pattern if read else block.activation
+
+    def backpropagate(self, kept: KeptBlock) -> None:
+        """dL/dm of block ``kept`` into its parameters: through the recomputed block and readout, or,
+        in segments, through the readout on step 1's whole-batch activation, then through the block
+        recomputed by micro-batch (:func:`~capsmm.strategies.segments.backward_in_segments`)."""
+        if kept.activation is None:
+            self.recompute(kept).backward(kept.leaf.grad)
+            return
+        activation = kept.activation.requires_grad_()
+        self.model.read(kept.modality, kept.index, activation).backward(kept.leaf.grad)
+        backward_in_segments(lambda rows: self.recompute(kept, rows, read=False), activation.grad, kept.statistics, kept.segments)
 
     def backward(self, loss: Tensor, kept: list[KeptBlock]) -> None:
         """Step 2's backward (head gradients, dL/dm_i, kept graphs), then step 3: each recomputed block,
@@ -123,7 +174,7 @@ class Lean(LocalStrategy):
                 block = kept.pop()
                 modules = (self.model.encoders[block.modality].blocks[block.index], self.model.block_readouts(block.modality)[block.index])
                 with batchnorm_stats_frozen(*modules):  # restored after the backward that reads them
-                    self.recompute(block).backward(block.leaf.grad)
+                    self.backpropagate(block)
                 del block
         finally:
             _set_rng_state(loss.device, resume_rng)

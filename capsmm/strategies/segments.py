@@ -1,0 +1,257 @@
+"""Segmented lean recomputation: one block recomputed and backpropagated over micro-batches, with
+the gradients of the whole batch (why micro-batches, and why the readout is not split:
+:mod:`capsmm.strategies.lean`).
+
+A block is a function of each sample alone except where it normalises by batch statistics, and
+except for its random draws, which are drawn for the whole batch at once. Both are made
+micro-batch-exact here:
+
+- **Batch norm.** Step 1 of a lean step (the forward without autograd, on the whole batch)
+  records, per batch-statistics ``F.batch_norm`` call of the block, the batch mean and variance
+  (:class:`BatchStatistics`). A micro-batch normalises with those (:class:`FullBatchNorms`), so
+  its values are the whole batch's rows. The whole batch's input gradient of a batch norm,
+  ``gamma * invstd * (dy - (S1 + xhat * S2) / M)`` with ``S1 = sum dy`` and ``S2 = sum dy * xhat``
+  over the M positions of the whole batch, needs those two sums; they are ``d beta`` and
+  ``d gamma``, so a micro-batch's share of them is the gradient of the norm's affine parameters,
+  computed by autograd. One pass over the micro-batches per batch norm, the deepest first (a
+  norm's ``dy`` is exact once every later norm's sums are known), then a last pass that
+  backpropagates into the parameters with every correction in place.
+- **Random draws** (dropout masks): the first micro-batch draws each of the block's random tensors
+  for the whole batch, from the generator state the whole-batch forward drew them from, so the
+  values are the same, and every micro-batch reads its own rows of them (:class:`DrawReplay`).
+
+Anything else that couples the samples of a batch inside a block would not be exact; capsmm's
+blocks have nothing else. A random operation that :class:`DrawReplay` can't replay is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..errors import ConfigError
+from ..layers import batchnorm_stats_frozen
+
+Statistics = tuple[Tensor, Tensor]
+"""(mean, biased variance) per channel of one batch norm call, over the whole batch, in float32."""
+
+_BATCH_NORM = inspect.signature(F.batch_norm)
+
+
+def _reduced_dims(x: Tensor) -> list[int]:
+    """Every dimension but the channels (dim 1): what batch norm averages over."""
+    return [0, *range(2, x.dim())]
+
+
+def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class BatchStatistics(TorchFunctionMode):
+    """While on and :attr:`enabled`, records the batch mean and variance each batch-statistics
+    ``F.batch_norm`` call normalises with, in call order; the call itself runs unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = False
+        self.recorded: list[Statistics] = []
+
+    def take(self) -> list[Statistics]:
+        """What was recorded since the last call."""
+        taken, self.recorded = self.recorded, []
+        return taken
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.enabled and func is F.batch_norm:
+            call = _BATCH_NORM.bind(*args, **kwargs).arguments
+            if call.get("training", False):
+                x = call["input"]
+                var, mean = torch.var_mean(x.float(), dim=_reduced_dims(x), correction=0)
+                self.recorded.append((mean, var))
+        return func(*args, **kwargs)
+
+
+class _ThroughStatistics(torch.autograd.Function):
+    """Identity on the input of a batch norm that normalises with fixed whole-batch statistics. Its
+    backward adds what the whole batch's gradient sends through the mean and the variance,
+    ``-gamma * invstd * (S1 + xhat * S2) / M``, to the fixed-statistics gradient ``gamma * invstd * dy``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, sums: Tensor, eps: float, count: int) -> Tensor:
+        ctx.save_for_backward(x, mean, var, weight, sums)
+        ctx.eps, ctx.count = eps, count
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, mean, var, weight, sums = ctx.saved_tensors
+        invstd = (var + ctx.eps).rsqrt()
+        scale = (invstd if weight is None else invstd * weight.float()) / ctx.count
+        centred = x.float() - _per_channel(mean, x)
+        # grad - scale * (S1 + xhat * S2), with xhat = centred * invstd: two passes over the tensor
+        through = (grad.float() - _per_channel(scale * sums[0], x)).addcmul_(centred, _per_channel(scale * sums[1] * invstd, x), value=-1)
+        return through.to(grad.dtype), None, None, None, None, None, None
+
+
+class FullBatchNorms(TorchFunctionMode):
+    """While on, the i-th batch-statistics ``F.batch_norm`` call normalises with ``statistics[i]``
+    (the whole batch's) and, where ``sums[i]`` is known, sends the whole batch's gradient through
+    them. The norm ``probe`` (an index) reads its affine parameters through fresh leaves
+    (:attr:`probes`), whose gradients are this micro-batch's share of its (S2, S1)."""
+
+    def __init__(self, statistics: list[Statistics], sums: list[Tensor | None], batch: int, probe: int | None = None) -> None:
+        super().__init__()
+        self.statistics, self.sums, self.batch, self.probe = statistics, sums, batch, probe
+        self.calls = 0
+        self.probes: list[Tensor] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.batch_norm:
+            return func(*args, **kwargs)
+        call = _BATCH_NORM.bind(*args, **kwargs)
+        call.apply_defaults()
+        x, weight, bias, eps = (call.arguments[k] for k in ("input", "weight", "bias", "eps"))
+        if not call.arguments["training"]:
+            return func(*args, **kwargs)
+        index, self.calls = self.calls, self.calls + 1
+        if index >= len(self.statistics):
+            raise RuntimeError(f"a segmented block ran batch norm {index + 1} times, its whole-batch forward {len(self.statistics)}")
+        mean, var = self.statistics[index]
+        sums = self.sums[index]
+        if index == self.probe:
+            channels = mean.shape[0]
+            weight = (torch.ones(channels, device=x.device) if weight is None else weight.detach()).requires_grad_()
+            bias = (torch.zeros(channels, device=x.device) if bias is None else bias.detach()).requires_grad_()
+            self.probes = [weight, bias]
+        elif sums is not None:
+            x = _ThroughStatistics.apply(x, mean, var, weight, sums, eps, self.batch * math.prod(x.shape[2:]))
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+
+
+def _whole_batch_like(t: Tensor, batch: int) -> Tensor:
+    """An empty tensor like ``t`` (a micro-batch's), with ``batch`` rows, in ``t``'s memory layout."""
+    layout = torch.contiguous_format
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        layout = torch.channels_last
+    elif not t.is_contiguous():
+        raise RuntimeError(f"a segmented block draws random numbers into a tensor of strides {t.stride()}, which it can't replay")
+    return torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=layout)
+
+
+class DrawReplay(TorchDispatchMode):
+    """Random draws of one block, replayed by micro-batch (module docstring). Replays ``bernoulli_``
+    with a probability (dropout on CPU, ``Dropout2d``) and ``native_dropout`` (fused dropout on CUDA);
+    any other random operation is an error, not a silently different mask."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.draws: list[Tensor] = []
+        self.rows = slice(0, batch)
+        self.calls = 0
+
+    @contextmanager
+    def rows_of(self, rows: slice) -> Iterator[None]:
+        """Replay the draws of the micro-batch ``rows`` (the block's forward on those rows runs within)."""
+        self.rows, self.calls = rows, 0
+        with self:
+            yield
+
+    def _draw(self, like: Tensor, make: Callable[[Tensor], Tensor]) -> Tensor:
+        """The draw of this call: made for the whole batch the first time (by ``make`` on an empty
+        whole-batch tensor like ``like``), then this micro-batch's rows of it."""
+        index, self.calls = self.calls, self.calls + 1
+        if like.shape[0] != self.rows.stop - self.rows.start:
+            raise RuntimeError(f"a segmented block draws random numbers of shape {tuple(like.shape)}, not one row per sample")
+        if index == len(self.draws):
+            self.draws.append(make(_whole_batch_like(like, self.batch)))
+        if self.draws[index].shape[1:] != like.shape[1:]:
+            raise RuntimeError(f"a segmented block's random draw {index} has shape {tuple(like.shape)}, at first {tuple(self.draws[index].shape)}")
+        return self.draws[index][self.rows]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if torch.Tag.nondeterministic_seeded not in func.tags:
+            return func(*args, **kwargs)
+        if func is torch.ops.aten.bernoulli_.float and kwargs.get("generator") is None:
+            target = args[0]
+            return target.copy_(self._draw(target, lambda whole: func(whole, *args[1:], **kwargs).bool()))
+        if func is torch.ops.aten.native_dropout.default and args[2] is not False:
+            x, p = args[0], args[1]
+            mask = self._draw(x, lambda whole: func(whole, *args[1:], **kwargs)[1])
+            return x * mask * (0.0 if p == 1 else 1.0 / (1.0 - p)), mask
+        raise ConfigError(f"train.lean_segments: a block draws random numbers with {func}, which segmented recomputation "
+                          "can't replay; use train.lean_segments=1")
+
+
+def micro_batches(batch: int, segments: int) -> list[slice]:
+    """``batch`` rows in ``segments`` contiguous, balanced slices (fewer when the batch is smaller)."""
+    segments = max(1, min(segments, batch))
+    bounds = [round(i * batch / segments) for i in range(segments + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def backward_in_segments(recompute: Callable[[slice], Tensor], grad: Tensor, statistics: list[Statistics], segments: int) -> None:
+    """Backpropagate ``grad`` (the gradient of a block's whole-batch output) through the block, recomputed
+    by ``recompute(rows)`` (its output for those rows, with autograd) over ``segments`` micro-batches;
+    ``statistics``: the block's batch norms' whole-batch statistics, in call order."""
+    parts = micro_batches(grad.shape[0], segments)
+    draws = DrawReplay(grad.shape[0])
+    sums: list[Tensor | None] = [None] * len(statistics)
+    for norm in reversed(range(len(statistics))):
+        total = torch.zeros(2, statistics[norm][0].shape[0], device=grad.device)
+        for rows in parts:
+            with draws.rows_of(rows), FullBatchNorms(statistics, sums, grad.shape[0], probe=norm) as norms:
+                output = recompute(rows)
+            found = torch.autograd.grad(output, norms.probes, grad[rows], allow_unused=True)
+            total += torch.stack([g.float() if g is not None else torch.zeros_like(total[0]) for g in reversed(found)])
+        sums[norm] = total  # (S1, S2) = (d beta, d gamma) of the whole batch
+    for rows in parts:
+        with draws.rows_of(rows), FullBatchNorms(statistics, sums, grad.shape[0]):
+            output = recompute(rows)
+        output.backward(grad[rows])
+
+
+def graph_bytes_per_sample(run: Callable[[Tensor], Iterator[Tensor]], probe: Tensor, *modules: torch.nn.Module) -> list[float]:
+    """Bytes per sample that autograd saves to backpropagate each block of one encoder: ``run(x)``
+    yields, per block, its output computed with autograd from ``x``. Measured on
+    ``probe`` (a small batch) and on it twice over, so that what does not grow with the batch (saved
+    weights) cancels; running statistics and the random generator are left as they were."""
+    totals = []
+    for inputs in (probe, torch.cat([probe, probe])):
+        saved: list[dict[int, int]] = []
+        devices = [inputs.device] if inputs.device.type == "cuda" else []
+        with batchnorm_stats_frozen(*modules), torch.random.fork_rng(devices=devices):
+            def pack(t: Tensor) -> Tensor:
+                saved[-1][t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                saved.append({})
+                for _ in run(inputs):
+                    saved.append({})
+        totals.append([sum(block.values()) for block in saved[:-1]])
+    return [(large - small) / len(probe) for small, large in zip(*totals)]
+
+
+def segment_counts(setting: int | str, graphs: dict[Any, float]) -> dict[Any, int]:
+    """Micro-batches per block from ``graphs`` (block -> bytes per sample its graph holds): with an
+    integer ``k``, the largest block is split into ``k`` and every other into as many as keep its
+    micro-batch's graph no larger than that (``ceil(k * graph / largest)``); blocks left whole are
+    not listed."""
+    largest = max(graphs.values(), default=0.0)
+    if largest <= 0:
+        return {}
+    counts = {block: math.ceil(setting * graph / largest - 1e-9) for block, graph in graphs.items()}
+    return {block: count for block, count in counts.items() if count > 1}
