@@ -45,7 +45,7 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
-ADDED_KEYS = {"train.lean_keep": 0}
+ADDED_KEYS = {"train.lean_keep": 0, "train.lean_segments": 1}
 
 
 class Trainer:

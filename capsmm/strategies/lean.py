@@ -20,6 +20,33 @@ back: the last N blocks of each encoder run with autograd in step 1 and keep the
 recomputation). In conv backbones those deep blocks hold little activation memory (low resolution)
 but much of the compute, and their graphs are freed by the loss' backward, before the large early
 blocks are recomputed, so the peak hardly moves while the step gets faster.
+
+**Below one block: ``train.lean_segments``.** A wide block is recomputed and backpropagated over
+micro-batches (:mod:`capsmm.strategies.segments`); ``N`` splits the largest block into N and any
+other block whose working set would exceed that share, ``auto`` splits until no block's
+micro-batch needs more than step 1's forward does anyway (measured per sample at construction).
+Why micro-batches and not activation checkpointing inside the block (``torch.utils.checkpoint``,
+non-reentrant, over the block's layers; exact too: the same operations on the same batch, its RNG
+state restored, the statistics frozen around the recomputation as here): checkpointing still runs
+each layer on the whole batch, so it can't go below one layer's backward, and capsmm's conv blocks
+*are* one layer: VGG11's first block is one conv at 32x32 with 64 channels, and its batch norm's
+backward alone holds its input, its output gradient and its input gradient, 3 x 32 MiB at batch
+128, 0.40x bp's activations for the whole network. Micro-batches divide the whole working set.
+What they must keep exact, and how (float32, within the combination matrix's 1e-4):
+
+- batch norm normalises each micro-batch with the whole batch's statistics, recorded in step 1,
+  and its backward adds the whole batch's gradient through them, whose two per-channel sums take
+  one pass over the micro-batches per batch norm of the block;
+- dropout masks are drawn once for the whole batch from the block's RNG state, as in step 1, and
+  each micro-batch reads its rows (a random operation that can't be replayed is an error);
+- running statistics: updated once, in step 1, as without segments;
+- the readout is not split: it runs on the block's whole-batch activation kept from step 1 (its
+  input is small next to the block's working set, and layer-local peers' batch norms live in it),
+  and the gradient of that activation is what the micro-batches backpropagate.
+
+So a segmented block costs one forward per batch norm in it (VGG: one; a residual block: two or
+three) more than whole-block recomputation, and the peak becomes step 1's: the largest forward
+without autograd of one block (VGG11: its first conv's and batch norm's outputs, 2 x 32 MiB).
 """
 
 from __future__ import annotations
@@ -37,7 +64,7 @@ from ..modes import DETACHED_MODES
 from ..objectives import training_loss
 from .base import Inputs, LocalStrategy, Setup, TrainSettings
 from .registry import MEMORY
-from .segments import BatchStatistics, Statistics, backward_in_segments, graph_bytes_per_sample, segment_counts
+from .segments import BatchStatistics, BlockMemory, Statistics, backward_in_segments, peak_bytes, segment_counts
 
 
 def _rng_state(device: torch.device) -> Tensor:
@@ -88,22 +115,41 @@ class Lean(LocalStrategy):
         self.segments: dict[tuple[str, int], int] = {} if train.lean_segments == 1 else self._segment_counts(train.lean_segments)
 
     def _segment_counts(self, setting: int | str) -> dict[tuple[str, int], int]:
-        """Micro-batches per recomputed block, from the bytes per sample each block's graph holds
+        """Micro-batches per recomputed block, from the memory each block needs per sample
         (:func:`~capsmm.strategies.segments.segment_counts` says how)."""
         model: CAPModel = self.model
         was_training = model.training
+        devices = [self.device] if self.device.type == "cuda" else []
         model.train()
         try:
-            graphs = {}
-            for name, encoder in model.encoders.items():
-                probe = encoder.probe_input(model.in_shapes[name], self.device)
-                run = lambda x, name=name: (block.activation for block in model.iter_blocks({name: x}, read=False))  # noqa: E731
-                sizes = graph_bytes_per_sample(run, probe, encoder)
-                recomputed = range(max(0, len(sizes) - self.keep_last))
-                graphs |= {(name, i): sizes[i] for i in recomputed if self._trainable(name, i)}
+            with batchnorm_stats_frozen(model), torch.random.fork_rng(devices=devices):
+                memory = {(name, index): need for name in model.encoders for index, need in enumerate(self._block_memory(name))}
         finally:
             model.train(was_training)
-        return segment_counts(setting, graphs)
+        return segment_counts(setting, memory)
+
+    def _block_memory(self, name: str) -> list[BlockMemory]:
+        """What each block of encoder ``name`` needs per sample: measured on a probe batch and on it
+        twice over, so that what does not grow with the batch (weights, their gradients) cancels."""
+        model: CAPModel = self.model
+        encoder = model.encoders[name]
+        probe = encoder.probe_input(model.in_shapes[name], self.device)
+        recomputed = len(encoder.blocks) - self.keep_last
+        peaks: list[list[tuple[int, int | None]]] = []
+        for inputs in (probe, torch.cat([probe, probe])):
+            with torch.no_grad():
+                block_inputs = [block.input for block in model.iter_blocks({name: inputs}, read=False)]
+            peaks.append([])
+            for index, x in enumerate(block_inputs):
+                def run(x: Tensor = x, index: int = index) -> Tensor:
+                    return next(model.iter_blocks({name: x}, start=index, stop=index + 1, read=False)).activation
+
+                params = [p for p in encoder.blocks[index].parameters() if p.requires_grad]
+                backward = peak_bytes(run, params, backward=True) if index < recomputed and params else None
+                peaks[-1].append((peak_bytes(run, params, backward=False), backward))
+        samples = len(probe)
+        return [BlockMemory((large[0] - small[0]) / samples, None if small[1] is None else (large[1] - small[1]) / samples)
+                for small, large in zip(*peaks)]
 
     @property
     def keep_last(self) -> int:
@@ -158,9 +204,11 @@ class Lean(LocalStrategy):
         if kept.activation is None:
             self.recompute(kept).backward(kept.leaf.grad)
             return
-        activation = kept.activation.requires_grad_()
+        activation, kept.activation = kept.activation.requires_grad_(), None
         self.model.read(kept.modality, kept.index, activation).backward(kept.leaf.grad)
-        backward_in_segments(lambda rows: self.recompute(kept, rows, read=False), activation.grad, kept.statistics, kept.segments)
+        grad = activation.grad
+        del activation  # only its gradient is read from here on
+        backward_in_segments(lambda rows: self.recompute(kept, rows, read=False), grad, kept.statistics, kept.segments)
 
     def backward(self, loss: Tensor, kept: list[KeptBlock]) -> None:
         """Step 2's backward (head gradients, dL/dm_i, kept graphs), then step 3: each recomputed block,

@@ -30,6 +30,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import ConfigError
-from ..layers import batchnorm_stats_frozen
+from ..profiling import TensorMemoryMeter
 
 Statistics = tuple[Tensor, Tensor]
 """(mean, biased variance) per channel of one batch norm call, over the whole batch, in float32."""
@@ -81,26 +82,31 @@ class BatchStatistics(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _ThroughStatistics(torch.autograd.Function):
-    """Identity on the input of a batch norm that normalises with fixed whole-batch statistics. Its
-    backward adds what the whole batch's gradient sends through the mean and the variance,
-    ``-gamma * invstd * (S1 + xhat * S2) / M``, to the fixed-statistics gradient ``gamma * invstd * dy``."""
+class _FullBatchNorm(torch.autograd.Function):
+    """Batch norm of a micro-batch with fixed whole-batch statistics (the forward of the eval-mode
+    kernel) whose backward, once the whole batch's sums ``(S1, S2)`` are known, is the whole batch's:
+    the fixed-statistics input gradient ``gamma * invstd * dy`` minus what flows through the mean
+    and variance, ``gamma * invstd * (S1 + xhat * S2) / M``, subtracted in place (no temporary)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, sums: Tensor, eps: float, count: int) -> Tensor:
-        ctx.save_for_backward(x, mean, var, weight, sums)
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor, eps: float,
+                sums: Tensor | None, count: int) -> Tensor:
+        ctx.save_for_backward(x, weight, mean, var, sums)
         ctx.eps, ctx.count = eps, count
-        return x.view_as(x)
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, mean, var, weight, sums = ctx.saved_tensors
-        invstd = (var + ctx.eps).rsqrt()
-        scale = (invstd if weight is None else invstd * weight.float()) / ctx.count
-        centred = x.float() - _per_channel(mean, x)
-        # grad - scale * (S1 + xhat * S2), with xhat = centred * invstd: two passes over the tensor
-        through = (grad.float() - _per_channel(scale * sums[0], x)).addcmul_(centred, _per_channel(scale * sums[1] * invstd, x), value=-1)
-        return through.to(grad.dtype), None, None, None, None, None, None
+        x, weight, mean, var, sums = ctx.saved_tensors
+        wanted = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(grad, x, weight, mean, var, None, None, False, ctx.eps, wanted)
+        if dx is not None and sums is not None:
+            invstd = (var + ctx.eps).rsqrt()
+            scale = (invstd if weight is None else invstd * weight.float()) / ctx.count
+            # - scale * (S1 + (x - mean) * invstd * S2) = -(scale * (S1 - mean * invstd * S2)) - (scale * invstd * S2) * x
+            slope = scale * invstd * sums[1]
+            dx.sub_(_per_channel(scale * sums[0] - slope * mean, x)).addcmul_(x, _per_channel(slope, x), value=-1)
+        return dx, dweight, dbias, None, None, None, None, None
 
 
 class FullBatchNorms(TorchFunctionMode):
@@ -128,25 +134,27 @@ class FullBatchNorms(TorchFunctionMode):
         if index >= len(self.statistics):
             raise RuntimeError(f"a segmented block ran batch norm {index + 1} times, its whole-batch forward {len(self.statistics)}")
         mean, var = self.statistics[index]
-        sums = self.sums[index]
         if index == self.probe:
             channels = mean.shape[0]
             weight = (torch.ones(channels, device=x.device) if weight is None else weight.detach()).requires_grad_()
             bias = (torch.zeros(channels, device=x.device) if bias is None else bias.detach()).requires_grad_()
             self.probes = [weight, bias]
-        elif sums is not None:
-            x = _ThroughStatistics.apply(x, mean, var, weight, sums, eps, self.batch * math.prod(x.shape[2:]))
-        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+        sums = None if index == self.probe else self.sums[index]
+        return _FullBatchNorm.apply(x, weight, bias, mean, var, eps, sums, self.batch * math.prod(x.shape[2:]))
+
+
+def _layout(t: Tensor) -> torch.memory_format:
+    """The memory layout of a dense tensor: contiguous or channels-last."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if not t.is_contiguous():
+        raise RuntimeError(f"a segmented block met a tensor of strides {t.stride()}, neither contiguous nor channels-last")
+    return torch.contiguous_format
 
 
 def _whole_batch_like(t: Tensor, batch: int) -> Tensor:
     """An empty tensor like ``t`` (a micro-batch's), with ``batch`` rows, in ``t``'s memory layout."""
-    layout = torch.contiguous_format
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        layout = torch.channels_last
-    elif not t.is_contiguous():
-        raise RuntimeError(f"a segmented block draws random numbers into a tensor of strides {t.stride()}, which it can't replay")
-    return torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=layout)
+    return torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=_layout(t))
 
 
 class DrawReplay(TorchDispatchMode):
@@ -223,35 +231,39 @@ def backward_in_segments(recompute: Callable[[slice], Tensor], grad: Tensor, sta
         output.backward(grad[rows])
 
 
-def graph_bytes_per_sample(run: Callable[[Tensor], Iterator[Tensor]], probe: Tensor, *modules: torch.nn.Module) -> list[float]:
-    """Bytes per sample that autograd saves to backpropagate each block of one encoder: ``run(x)``
-    yields, per block, its output computed with autograd from ``x``. Measured on
-    ``probe`` (a small batch) and on it twice over, so that what does not grow with the batch (saved
-    weights) cancels; running statistics and the random generator are left as they were."""
-    totals = []
-    for inputs in (probe, torch.cat([probe, probe])):
-        saved: list[dict[int, int]] = []
-        devices = [inputs.device] if inputs.device.type == "cuda" else []
-        with batchnorm_stats_frozen(*modules), torch.random.fork_rng(devices=devices):
-            def pack(t: Tensor) -> Tensor:
-                saved[-1][t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
+@dataclass(frozen=True)
+class BlockMemory:
+    """Peak bytes one block needs per sample (what grows with the batch), as the meter counts them."""
 
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                saved.append({})
-                for _ in run(inputs):
-                    saved.append({})
-        totals.append([sum(block.values()) for block in saved[:-1]])
-    return [(large - small) / len(probe) for small, large in zip(*totals)]
+    forward: float
+    """its forward without autograd: what step 1 holds for it, at the least"""
+    backward: float | None
+    """its forward with autograd and its backward: what a whole-block recomputation holds (None: not recomputed)"""
 
 
-def segment_counts(setting: int | str, graphs: dict[Any, float]) -> dict[Any, int]:
-    """Micro-batches per block from ``graphs`` (block -> bytes per sample its graph holds): with an
-    integer ``k``, the largest block is split into ``k`` and every other into as many as keep its
-    micro-batch's graph no larger than that (``ceil(k * graph / largest)``); blocks left whole are
-    not listed."""
-    largest = max(graphs.values(), default=0.0)
-    if largest <= 0:
+def peak_bytes(run: Callable[[], Tensor], params: list[Tensor], backward: bool) -> int:
+    """Peak bytes of ``run()``: without autograd, or with it and the backward of its output into ``params``
+    (``torch.autograd.grad``: no parameter's ``.grad`` is touched)."""
+    with TensorMemoryMeter() as meter:
+        if not backward:
+            with torch.no_grad():
+                run()
+        else:
+            output = run()
+            torch.autograd.grad(output, params, torch.ones_like(output), allow_unused=True)
+    return meter.peak
+
+
+def segment_counts(setting: int | str, memory: dict[Any, BlockMemory]) -> dict[Any, int]:
+    """Micro-batches per recomputed block, from what each block needs per sample: each is split until its
+    micro-batch needs no more than a share: with an integer ``k``, the largest recomputation's ``1/k``
+    (that block is split into ``k``); with ``auto``, the largest forward without autograd, which
+    step 1 holds anyway, so that splitting further would not lower the peak. Blocks left whole are not
+    listed."""
+    recomputed = {block: m.backward for block, m in memory.items() if m.backward is not None}
+    largest = max(recomputed.values(), default=0.0)
+    share = max(m.forward for m in memory.values()) if setting == "auto" else largest / int(setting)
+    if share <= 0:
         return {}
-    counts = {block: math.ceil(setting * graph / largest - 1e-9) for block, graph in graphs.items()}
+    counts = {block: math.ceil(need / share - 1e-9) for block, need in recomputed.items()}
     return {block: count for block, count in counts.items() if count > 1}
