@@ -187,8 +187,9 @@ def lean_memory_floor(strategy: Lean, images: Tensor, labels: Tensor) -> dict[st
     """The largest activation memory (MiB, gradients excluded) one block needs on its own: the
     forward of that block with autograd plus its backward from dL/dm_i.
 
-    Memory-lean CAPs recomputes whole blocks, so its activation peak can't go below this figure
-    (plus the kept block inputs): it shows how far below ``bp`` lean memory can go on a backbone.
+    Whole-block recomputation can't take the activation peak below this figure (plus the kept block
+    inputs): it shows how far below ``bp`` lean memory goes on a backbone without
+    ``train.lean_segments``, which recomputes a block over micro-batches to go below it.
     """
     model = strategy.model.train()
     model.zero_grad(set_to_none=True)
