@@ -164,11 +164,15 @@ def test_segments_lower_the_peak_below_whole_block_recomputation():
 def test_segment_counts_split_the_largest_block_and_whatever_exceeds_its_share():
     from capsmm.strategies.segments import BlockMemory, segment_counts
 
-    memory = {0: BlockMemory(64, 144), 1: BlockMemory(32, 72), 2: BlockMemory(24, 24), 3: BlockMemory(40, None)}
-    assert segment_counts(1, memory) == {}
-    assert segment_counts(2, memory) == {0: 2}
-    assert segment_counts(4, memory) == {0: 4, 1: 2}
-    assert segment_counts("auto", memory) == {0: 3, 1: 2}  # until no split block needs more than the largest forward, 64
+    # VGG11's first blocks at CIFAR shapes, per 128 samples (MiB): input, output, whole recomputation
+    blocks = list(enumerate([BlockMemory(1.5, 8, 144), BlockMemory(8, 4, 72), BlockMemory(4, 8, 48), BlockMemory(8, 2, None)]))
+    assert segment_counts(1, blocks, floor=63) == {}
+    assert segment_counts(2, blocks, floor=63) == {0: 2}
+    assert segment_counts(4, blocks, floor=63) == {0: 4, 1: 2, 2: 2}  # 36 MiB each at most
+    # auto: until a block's micro-batch, with the inputs kept and its output's gradient, fits under the floor:
+    # block 0 has 63 - 9.5 MiB for 144 (3 micro-batches), block 1 63 - 13.5 for 72 (2); block 2 fits whole
+    assert segment_counts("auto", blocks, floor=63) == {0: 3, 1: 2}
+    assert segment_counts("auto", blocks, floor=200) == {}  # whatever is split, step 1 needs more
 
 
 def test_a_random_draw_that_cannot_be_replayed_is_a_one_line_error():

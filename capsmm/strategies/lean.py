@@ -62,6 +62,7 @@ from ..layers import batchnorm_stats_frozen
 from ..model import CAPModel, CAPOutput
 from ..modes import DETACHED_MODES
 from ..objectives import training_loss
+from ..profiling import TensorMemoryMeter
 from .base import Inputs, LocalStrategy, Setup, TrainSettings
 from .registry import MEMORY
 from .segments import BatchStatistics, BlockMemory, Statistics, backward_in_segments, peak_bytes, segment_counts
@@ -115,41 +116,52 @@ class Lean(LocalStrategy):
         self.segments: dict[tuple[str, int], int] = {} if train.lean_segments == 1 else self._segment_counts(train.lean_segments)
 
     def _segment_counts(self, setting: int | str) -> dict[tuple[str, int], int]:
-        """Micro-batches per recomputed block, from the memory each block needs per sample
-        (:func:`~capsmm.strategies.segments.segment_counts` says how)."""
+        """Micro-batches per recomputed block (:func:`~capsmm.strategies.segments.segment_counts` says
+        how), from what the blocks and the rest of a step need per sample: the difference between two
+        probe batches (each encoder's :meth:`~capsmm.encoder.CAPEncoder.probe_input` 4 and 8 times
+        over, large enough that what grows with the batch sets the peaks), so that the rest cancels."""
         model: CAPModel = self.model
         was_training = model.training
         devices = [self.device] if self.device.type == "cuda" else []
+        self.segments = {}
         model.train()
         try:
             with batchnorm_stats_frozen(model), torch.random.fork_rng(devices=devices):
-                memory = {(name, index): need for name in model.encoders for index, need in enumerate(self._block_memory(name))}
+                probes = [{name: torch.cat([encoder.probe_input(model.in_shapes[name], self.device)] * copies)
+                           for name, encoder in model.encoders.items()} for copies in (4, 8)]
+                (small_floor, small), (large_floor, large) = (self._memory(probe) for probe in probes)
         finally:
             model.train(was_training)
-        return segment_counts(setting, memory)
+            self.optimizer.zero_grad(set_to_none=True)
+        samples = len(next(iter(probes[1].values()))) - len(next(iter(probes[0].values())))
+        blocks = [(key, a.per_sample(b, samples)) for (key, a), (_, b) in zip(small, large)]
+        return segment_counts(setting, blocks, (large_floor - small_floor) / samples)
 
-    def _block_memory(self, name: str) -> list[BlockMemory]:
-        """What each block of encoder ``name`` needs per sample: measured on a probe batch and on it
-        twice over, so that what does not grow with the batch (weights, their gradients) cancels."""
+    def _memory(self, probe: dict[str, Tensor]) -> tuple[int, list[tuple[tuple[str, int], BlockMemory]]]:
+        """Bytes on the batch ``probe``: the peak of step 1 and the loss' backward (what a step needs
+        whatever the split), and each block's input, output and whole recomputation (beyond its
+        input), in the order step 1 runs the blocks. Parameters' gradients (the same for any batch)
+        are left out."""
         model: CAPModel = self.model
-        encoder = model.encoders[name]
-        probe = encoder.probe_input(model.in_shapes[name], self.device)
-        recomputed = len(encoder.blocks) - self.keep_last
-        peaks: list[list[tuple[int, int | None]]] = []
-        for inputs in (probe, torch.cat([probe, probe])):
+        labels = torch.zeros(len(next(iter(probe.values()))), dtype=torch.long, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)  # allocated within the measurement, so that they can be left out
+        with TensorMemoryMeter() as meter:
+            _, loss, kept = self.forward_loss(probe, labels)
+            loss.backward()
+            del kept
+        blocks = []
+        for name, inputs in probe.items():
+            encoder = model.encoders[name]
             with torch.no_grad():
-                block_inputs = [block.input for block in model.iter_blocks({name: inputs}, read=False)]
-            peaks.append([])
-            for index, x in enumerate(block_inputs):
+                passes = [(block.input, block.activation) for block in model.iter_blocks({name: inputs}, read=False)]
+            for index, (x, activation) in enumerate(passes):
                 def run(x: Tensor = x, index: int = index) -> Tensor:
                     return next(model.iter_blocks({name: x}, start=index, stop=index + 1, read=False)).activation
 
                 params = [p for p in encoder.blocks[index].parameters() if p.requires_grad]
-                backward = peak_bytes(run, params, backward=True) if index < recomputed and params else None
-                peaks[-1].append((peak_bytes(run, params, backward=False), backward))
-        samples = len(probe)
-        return [BlockMemory((large[0] - small[0]) / samples, None if small[1] is None else (large[1] - small[1]) / samples)
-                for small, large in zip(*peaks)]
+                recomputed = index < len(encoder.blocks) - self.keep_last and params
+                blocks.append(((name, index), BlockMemory(x.nbytes, activation.nbytes, peak_bytes(run, params) if recomputed else None)))
+        return meter.peak_without(p.grad for p in model.parameters() if p.grad is not None), blocks
 
     @property
     def keep_last(self) -> int:

@@ -233,37 +233,57 @@ def backward_in_segments(recompute: Callable[[slice], Tensor], grad: Tensor, sta
 
 @dataclass(frozen=True)
 class BlockMemory:
-    """Peak bytes one block needs per sample (what grows with the batch), as the meter counts them."""
+    """Bytes one block needs per sample (what grows with the batch), as the meter counts them."""
 
-    forward: float
-    """its forward without autograd: what step 1 holds for it, at the least"""
-    backward: float | None
-    """its forward with autograd and its backward: what a whole-block recomputation holds (None: not recomputed)"""
+    input: float
+    """its input, which lean keeps from step 1 until the block is recomputed"""
+    output: float
+    """its output: a split block holds the whole batch's gradient of it while its micro-batches run"""
+    recompute: float | None
+    """the peak of its forward with autograd and its backward, beyond its input: what a whole-block
+    recomputation needs (None: the block is not recomputed)"""
+
+    def per_sample(self, larger: "BlockMemory", samples: int) -> "BlockMemory":
+        """What grows per sample, from this measurement and one on ``samples`` more samples."""
+        recompute = None if self.recompute is None or larger.recompute is None else (larger.recompute - self.recompute) / samples
+        return BlockMemory((larger.input - self.input) / samples, (larger.output - self.output) / samples, recompute)
 
 
-def peak_bytes(run: Callable[[], Tensor], params: list[Tensor], backward: bool) -> int:
-    """Peak bytes of ``run()``: without autograd, or with it and the backward of its output into ``params``
-    (``torch.autograd.grad``: no parameter's ``.grad`` is touched)."""
+def peak_bytes(run: Callable[[], Tensor], params: list[Tensor]) -> int:
+    """Peak bytes of ``run()`` (a forward with autograd) and of the backward of its output, without
+    the gradients of ``params`` (the same for any batch), which the backward leaves in their ``.grad``."""
+    for p in params:
+        p.grad = None  # allocated within the measurement, so that it can be left out
     with TensorMemoryMeter() as meter:
-        if not backward:
-            with torch.no_grad():
-                run()
-        else:
-            output = run()
-            torch.autograd.grad(output, params, torch.ones_like(output), allow_unused=True)
-    return meter.peak
+        output = run()
+        output.backward(torch.ones_like(output))
+    return meter.peak_without(p.grad for p in params if p.grad is not None)
 
 
-def segment_counts(setting: int | str, memory: dict[Any, BlockMemory]) -> dict[Any, int]:
-    """Micro-batches per recomputed block, from what each block needs per sample: each is split until its
-    micro-batch needs no more than a share: with an integer ``k``, the largest recomputation's ``1/k``
-    (that block is split into ``k``); with ``auto``, the largest forward without autograd, which
-    step 1 holds anyway, so that splitting further would not lower the peak. Blocks left whole are not
-    listed."""
-    recomputed = {block: m.backward for block, m in memory.items() if m.backward is not None}
-    largest = max(recomputed.values(), default=0.0)
-    share = max(m.forward for m in memory.values()) if setting == "auto" else largest / int(setting)
-    if share <= 0:
-        return {}
-    counts = {block: math.ceil(need / share - 1e-9) for block, need in recomputed.items()}
-    return {block: count for block, count in counts.items() if count > 1}
+def segment_counts(setting: int | str, blocks: list[tuple[Any, BlockMemory]], floor: float) -> dict[Any, int]:
+    """Micro-batches per recomputed block, from what each of ``blocks`` (in the order step 1 runs them)
+    needs per sample; blocks left whole are not listed.
+
+    With an integer ``k`` the largest recomputation is split into ``k`` and every other block into as
+    many as keep its micro-batch's share no larger (``ceil(k * need / largest)``). With ``auto`` a
+    block is split when recomputing it whole, with the inputs still kept (its own and those of the
+    blocks before it), would need more than ``floor``: what step 1 and the loss' backward need
+    anyway, which no split lowers. A split block holds those inputs and its output's gradient; the
+    rest of the floor (or of what its whole-batch readout holds, one output more, if that is
+    larger) is the room for one micro-batch. Splitting further would only add passes.
+    """
+    recomputed = {key: m.recompute for key, m in blocks if m.recompute is not None}
+    if setting != "auto":
+        largest = max(recomputed.values(), default=0.0)
+        return {key: math.ceil(int(setting) * need / largest - 1e-9) for key, need in recomputed.items()
+                if largest > 0 and int(setting) * need > largest * (1 + 1e-9)}
+    counts, kept = {}, 0.0
+    for key, m in blocks:
+        if m.recompute is None:
+            continue
+        kept += m.input
+        held = kept + m.output
+        room = max(floor, held + m.output) - held
+        if kept + m.recompute > floor and room > 0 and m.recompute > room:
+            counts[key] = math.ceil(m.recompute / room)
+    return counts
