@@ -23,8 +23,9 @@ blocks are recomputed, so the peak hardly moves while the step gets faster.
 
 **Below one block: ``train.lean_segments``.** A wide block is recomputed and backpropagated over
 micro-batches (:mod:`capsmm.strategies.segments`); ``N`` splits the largest block into N and any
-other block whose working set would exceed that share, ``auto`` splits until no block's
-micro-batch needs more than step 1's forward does anyway (measured per sample at construction).
+other block whose recomputation would exceed that share, ``auto`` splits a block only when its
+whole recomputation would need more than step 1 and the loss' backward do anyway, and only as far
+as that (both measured per sample when the strategy is built).
 Why micro-batches and not activation checkpointing inside the block (``torch.utils.checkpoint``,
 non-reentrant, over the block's layers; exact too: the same operations on the same batch, its RNG
 state restored, the statistics frozen around the recomputation as here): checkpointing still runs
@@ -44,9 +45,10 @@ What they must keep exact, and how (float32, within the combination matrix's 1e-
   input is small next to the block's working set, and layer-local peers' batch norms live in it),
   and the gradient of that activation is what the micro-batches backpropagate.
 
-So a segmented block costs one forward per batch norm in it (VGG: one; a residual block: two or
-three) more than whole-block recomputation, and the peak becomes step 1's: the largest forward
-without autograd of one block (VGG11: its first conv's and batch norm's outputs, 2 x 32 MiB).
+So a segmented block costs, per batch norm in it (VGG: one; a residual block: two or three), one
+more forward and a backward as far as that batch norm, and the peak can go down to step 1's: the
+largest forward without autograd of one block, whose batch statistics need the whole batch
+(VGG11: its first conv's and batch norm's outputs, 2 x 32 MiB).
 """
 
 from __future__ import annotations

@@ -275,8 +275,8 @@ def segment_counts(setting: int | str, blocks: list[tuple[Any, BlockMemory]], fl
     recomputed = {key: m.recompute for key, m in blocks if m.recompute is not None}
     if setting != "auto":
         largest = max(recomputed.values(), default=0.0)
-        return {key: math.ceil(int(setting) * need / largest - 1e-9) for key, need in recomputed.items()
-                if largest > 0 and int(setting) * need > largest * (1 + 1e-9)}
+        counts = {key: math.ceil(int(setting) * need / largest - 1e-9) for key, need in recomputed.items()} if largest > 0 else {}
+        return {key: count for key, count in counts.items() if count > 1}
     counts, kept = {}, 0.0
     for key, m in blocks:
         if m.recompute is None:
