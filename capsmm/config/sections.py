@@ -157,9 +157,9 @@ class TrainConfig:
                       check=one_of(MEMORY.names))
     lean_keep: int = opt('with memory=lean: the last N blocks of each encoder keep their graphs instead of being recomputed (faster, a little more memory)', 0,
                          check=non_negative)
-    lean_segments: int | str = opt('with memory=lean: recompute the largest block over N micro-batches, and any block whose graph would '
-                                   'exceed that share (same gradients, less memory, more passes); auto: N from the measured block sizes', 1,
-                                   check=_segments_check)
+    lean_segments: int | str = opt('with memory=lean: recompute the largest block over N micro-batches, and any block that would exceed '
+                                   'that share (same gradients, less memory, more passes); auto: split only blocks that would set the '
+                                   'peak, as far as the rest of a step needs anyway (measured per block)', 1, check=_segments_check)
     adam_impl: str = opt('Adam kernel: auto (fused on CPU and CUDA, the fastest measured), foreach, fused, for-loop', "auto",
                          check=one_of(ADAM_IMPLS))
     channels_last: bool = opt('channels-last memory format for conv backbones', False)
