@@ -37,9 +37,11 @@ BENCH_MODES: dict[str, tuple[str, str]] = {mode: (mode, "standard") for mode in 
 #: speed options that --options can vary, with their type
 OPTIONS: dict[str, Callable[[str], Any]] = {
     "adam_impl": str, "channels_last": lambda v: v.lower() in ("1", "true", "on", "yes"), "compile": lambda v: v.lower() in ("1", "true", "on", "yes"), "amp": str,
-    "lean_keep": int,  # lean variants only
+    "lean_keep": int, "lean_segments": lambda v: v if v == "auto" else int(v),
 }
-DEFAULT_OPTIONS = {"adam_impl": "auto", "channels_last": False, "compile": False, "amp": "none", "lean_keep": 0}
+DEFAULT_OPTIONS = {"adam_impl": "auto", "channels_last": False, "compile": False, "amp": "none", "lean_keep": 0, "lean_segments": 1}
+#: options that only lean variants take (other modes are measured once, at their defaults)
+LEAN_OPTIONS = ("lean_keep", "lean_segments")
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        changed = [f"{k}={v}" for k, v in self.options.items() if DEFAULT_OPTIONS[k] != v and (k != "lean_keep" or self.lean)]
+        changed = [f"{k}={v}" for k, v in self.options.items() if DEFAULT_OPTIONS[k] != v and (k not in LEAN_OPTIONS or self.lean)]
         return " ".join([self.mode, *changed])
 
 
@@ -73,7 +75,10 @@ def parse_options(specs: Sequence[str]) -> list[dict[str, Any]]:
         key, sep, values = spec.partition("=")
         if not sep or key not in OPTIONS:
             raise ConfigError(f"--options expects KEY=V1,V2 with KEY one of {', '.join(OPTIONS)}; got '{spec}'")
-        axes.append([(key, OPTIONS[key](v.strip())) for v in values.split(",") if v.strip()])
+        try:
+            axes.append([(key, OPTIONS[key](v.strip())) for v in values.split(",") if v.strip()])
+        except ValueError:
+            raise ConfigError(f"--options {key}: '{values}' holds a value {key} does not take") from None
     return [DEFAULT_OPTIONS | dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -84,8 +89,10 @@ def build_variant(backbone: str, mode: str, options: dict[str, Any], *, in_shape
     train_mode, memory = BENCH_MODES[mode]
     torch.manual_seed(0)
     model = build_model(backbone, num_classes=num_classes, in_shape=in_shape, mode=train_mode, width_mult=width_mult)
+    lean = {k: options[k] for k in LEAN_OPTIONS} if memory == "lean" else {}
     train = TrainConfig(mode=train_mode, memory=memory, lr=lr, adam_impl=options["adam_impl"], channels_last=options["channels_last"],
-                        compile=options["compile"] and memory == "standard", amp=options["amp"], lean_keep=options["lean_keep"])
+                        compile=options["compile"] and memory == "standard", amp=options["amp"], **lean)
+    train.validate()  # an option value out of range: one line, before anything is measured
     return Variant(backbone, mode, options, build_strategy(model, train, device))
 
 
@@ -193,8 +200,9 @@ def lean_memory_floor(strategy: Lean, images: Tensor, labels: Tensor) -> dict[st
     """The largest activation memory (MiB, gradients excluded) one block needs on its own: the
     forward of that block with autograd plus its backward from dL/dm_i.
 
-    Memory-lean CAPs recomputes whole blocks, so its activation peak can't go below this figure
-    (plus the kept block inputs): it shows how far below ``bp`` lean memory can go on a backbone.
+    Whole-block recomputation can't take the activation peak below this figure (plus the kept block
+    inputs): it shows how far below ``bp`` lean memory goes on a backbone without
+    ``train.lean_segments``, which recomputes a block over micro-batches to go below it.
     """
     model = strategy.model.train()
     model.zero_grad(set_to_none=True)
@@ -223,7 +231,7 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     variants = [build_variant(backbone, mode, options, in_shape=in_shape, num_classes=num_classes, width_mult=width_mult, device=device)
                 for options in option_sets for mode in modes
-                if BENCH_MODES.get(mode, ("", ""))[1] == "lean" or options["lean_keep"] == DEFAULT_OPTIONS["lean_keep"]]
+                if BENCH_MODES.get(mode, ("", ""))[1] == "lean" or all(options[k] == DEFAULT_OPTIONS[k] for k in LEAN_OPTIONS)]
     log(f"{backbone}: timing {len(variants)} variants x {iters} steps (batch {batch_size}, {device})")
     time_variants(variants, images, labels, iters=iters, warmup=warmup)
     records = []
@@ -255,7 +263,7 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
 
 
 def _same_speed_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return {k: v for k, v in a.items() if k != "lean_keep"} == {k: v for k, v in b.items() if k != "lean_keep"}
+    return {k: v for k, v in a.items() if k not in LEAN_OPTIONS} == {k: v for k, v in b.items() if k not in LEAN_OPTIONS}
 
 
 def _add_ratios(records: list[dict[str, Any]]) -> None:

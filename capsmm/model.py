@@ -62,7 +62,7 @@ class BlockPass(NamedTuple):
     """what the block read (through the stop-gradient in the cut modes)"""
     activation: Tensor
     pattern: Tensor | None
-    """its CAP vector (B, width), or None for a block without readout (``bp``'s inner blocks)"""
+    """its CAP vector (B, width), or None for a block without readout (``bp``'s inner blocks) or a pass without readouts"""
     slice: int | None
     """the prototype slice the pattern fills"""
 
@@ -301,23 +301,30 @@ class CAPModel(nn.Module):
         """Block index -> its readout, for the blocks of ``modality`` that have one."""
         return dict(zip(self.read_blocks[modality], self.readouts[modality]))
 
+    def read(self, modality: str, index: int, activation: Tensor) -> Tensor | None:
+        """Block ``index``'s pattern from its activation: its readout under the model's autocast (None
+        for a block without readout)."""
+        readouts = self.block_readouts(modality)
+        if index not in readouts:
+            return None
+        with self.autocast(activation.device):
+            return readouts[index](self.encoders[modality].to_channels_first(activation))
+
     def iter_blocks(self, inputs: Tensor | Mapping[str, Tensor], *, start: int = 0, stop: int | None = None,
-                    cut: bool | None = None) -> Iterator[BlockPass]:
+                    cut: bool | None = None, read: bool = True) -> Iterator[BlockPass]:
         """The one way capsmm runs a model's blocks: each modality's blocks ``start`` .. ``stop - 1``
         (``inputs`` holds what enters block ``start``), in pattern order, each block and its readout
-        under the model's autocast, its input cut off from earlier blocks when the mode cuts
+        (:meth:`read`; not with ``read=False``: lean recomputation runs a readout apart from its
+        block) under the model's autocast, its input cut off from earlier blocks when the mode cuts
         (``cut`` overrides the mode: the diagnostics compare both)."""
         cut = self.cuts if cut is None else cut
         for name, x in self.as_inputs(inputs).items():
-            encoder, readouts = self.encoders[name], self.block_readouts(name)
+            encoder = self.encoders[name]
             slices = dict(zip(self.read_blocks[name], self.slices[name]))
             device = x.device
             context = lambda: self.autocast(device)  # noqa: E731
             for index, block_input, activation in encoder.iter_blocks(x, cut=cut, start=start, stop=stop, context=context):
-                pattern = None
-                if index in readouts:
-                    with context():
-                        pattern = readouts[index](encoder.to_channels_first(activation))
+                pattern = self.read(name, index, activation) if read else None
                 yield BlockPass(name, index, block_input, activation, pattern, slices.get(index))
 
     def score(self, patterns: Sequence[Tensor], slices: Sequence[int], constant: Mapping[str, Tensor] | None = None) -> CAPOutput:

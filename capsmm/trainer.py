@@ -48,7 +48,7 @@ Evaluator = Callable[[CAPModel], dict[str, Any]]
 
 #: config keys added after checkpoints were first written, with the value that reproduces a run
 #: whose checkpoint predates them, so that such runs still resume
-ADDED_KEYS = {"train.lean_keep": 0, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
+ADDED_KEYS = {"train.lean_keep": 0, "train.lean_segments": 1, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
               **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()},
               "multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "none",
               "multimodal.modulation_alpha": 0.8, "multimodal.modulation_epochs": [1, 50]}

@@ -6,6 +6,7 @@ backward floor (the smallest caps/bp backward ratio a stop-gradient can reach on
 Example:
   python scripts/bench.py --backbones vgg11,mlp --dataset cifar10 --iters 20 --json bench.json
   python scripts/bench.py --backbones vgg11 --modes bp,caps --options adam_impl=foreach,fused
+  python scripts/bench.py --backbones vgg11 --modes bp,caps,caps-lean --options lean_segments=1,2,4,auto
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         bp = next((r for r in records if r["backbone"] == backbone and r["mode"] == "bp" and "activation_mib" in r), None)
         versus = f" = {lean['lean_floor_mib'] / bp['activation_mib']:.2f}x bp activations" if bp else ""
         print(f"{backbone} lean floor: block {lean['lean_floor_block'] + 1} alone needs {lean['lean_floor_mib']:.0f} MiB{versus} "
-              "(lean recomputes whole blocks, so its activations can't go below it)")
+              "(whole-block recomputation can't go below it; train.lean_segments splits blocks into micro-batches)")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0

@@ -6,7 +6,10 @@ takes two training steps on a tiny model and is compared with its reference:
 
 - ``standard`` in one process is the reference itself: the loss is finite, the trainable
   parameters move, a frozen modality's parameters and statistics do not;
-- ``lean`` against ``standard`` in one process (same mode, amp, norm, frozen modality);
+- ``lean`` against ``standard`` in one process (same mode, amp, norm, frozen modality); so is
+  ``lean-segments``, lean with ``train.lean_segments=3``: every block recomputed over 3 uneven
+  micro-batches (its batch-norm path is compared in ``tests/test_lean.py``: this MLP's blocks have
+  no batch norm, their readouts are not split);
 - ``data`` (2 gloo ranks) against one process on the same global batch;
 - ``blocks`` (2 gloo ranks, 1 or 2 micro-batches) against one process' ``standard`` step.
 
@@ -45,7 +48,9 @@ from capsmm.errors import ConfigError  # noqa: E402
 from capsmm.strategies import build_strategy  # noqa: E402
 
 MODES = capsmm.modes.MODES  # bp, caps, caps-full, local and the layer-local peers
-MEMORY = ("standard", "lean")
+MEMORY = ("standard", "lean", "lean-segments")
+#: ``train.lean_segments`` of the ``lean-segments`` combinations
+SEGMENTS = 3
 AMP = ("none", "bf16")
 NORMS = ("batchnorm", "layernorm", "none")
 FROZEN = (False, True)
@@ -114,13 +119,13 @@ class Combo:
 
     def expected_refusal(self) -> bool:
         """Which combinations the README says are refused (an independent statement of the rules)."""
-        lean_without_cut = self.memory == "lean" and self.mode in ("bp", "caps-full")
+        lean_without_cut = self.memory.startswith("lean") and self.mode in ("bp", "caps-full")
         blocks = self.parallel.startswith("blocks")
         peer_with_two_encoders = self.encoders > 1 and self.mode in capsmm.modes.PEER_MODES
         balance_without_global_head = self.balance != "none" and self.mode not in ("bp", "caps", "caps-full")
-        ff_beyond_one_plain_process = self.mode == "ff" and (self.memory == "lean" or self.parallel != "none")
+        ff_beyond_one_plain_process = self.mode == "ff" and (self.memory != "standard" or self.parallel != "none")
         return (lean_without_cut or peer_with_two_encoders or balance_without_global_head or ff_beyond_one_plain_process
-                or (blocks and (self.encoders > 1 or self.memory == "lean" or self.mode == "caps-full")))
+                or (blocks and (self.encoders > 1 or self.memory != "standard" or self.mode == "caps-full")))
 
 
 def all_combos(batch: int = BATCH) -> list[Combo]:
@@ -130,7 +135,8 @@ def all_combos(batch: int = BATCH) -> list[Combo]:
 def config_for(combo: Combo) -> Any:
     """The run config a user would write for ``combo`` (a joint image+audio model, extending a trained
     image model when frozen)."""
-    train = {"train.mode": combo.mode, "train.memory": combo.memory, "train.amp": combo.amp, "train.batch_size": combo.batch,
+    memory = {"train.memory": "lean", "train.lean_segments": SEGMENTS} if combo.memory == "lean-segments" else {"train.memory": combo.memory}
+    train = {"train.mode": combo.mode, **memory, "train.amp": combo.amp, "train.batch_size": combo.batch,
              "train.parallel": "blocks" if combo.parallel.startswith("blocks") else "data", "train.micro_batches": combo.micro_batches}
     if combo.encoders > 1:
         config = MultimodalRunConfig()
@@ -183,8 +189,7 @@ def build(combo: Combo, dropout: float) -> tuple[CAPModel, Any, torch.Tensor, li
 
 
 def train_config(combo: Combo, memory: str | None = None, parallel: bool = True) -> TrainConfig:
-    config = config_for(combo).train
-    config.memory = memory or config.memory
+    config = config_for(dataclasses.replace(combo, memory=memory or combo.memory)).train
     config.lr = 0.01
     if not parallel:
         config.parallel, config.micro_batches = "data", 1

@@ -91,6 +91,21 @@ def test_lean_keep_is_a_lean_only_option(capsys):
         assert lean["step_vs_bp"] == pytest.approx(lean["step_ms"] / records[0]["step_ms"])
 
 
+def test_lean_segments_rows_and_their_lower_peak():
+    records, _ = measure_backbone("vgg8", ["bp", "caps-lean"], parse_options(["lean_segments=1,4"]), dataset="cifar10",
+                                  batch_size=32, iters=1, warmup=0, width_mult=0.25, device=torch.device("cpu"), floor=False,
+                                  log=lambda line: None)
+    assert [r["label"] for r in records] == ["bp", "caps-lean", "caps-lean lean_segments=4"]
+    whole, split = records[1], records[2]
+    assert split["activation_mib"] < 0.7 * whole["activation_mib"]  # VGG's first block split in 4
+    assert split["activation_mib"] < whole["lean_floor_mib"]  # below what any whole block needs
+    for bad in (["lean_segments=two"], ["lean_segments=0"]):
+        with pytest.raises(ConfigError) as info:
+            measure_backbone("mlp", ["caps-lean"], parse_options(bad), dataset="digits", batch_size=16, iters=1, warmup=0,
+                             width_mult=0.05, device=torch.device("cpu"), memory=False, floor=False, log=lambda line: None)
+        assert "\n" not in str(info.value)
+
+
 def fake_clock(monkeypatch, phases_ms):
     """Make PhaseTimer read a clock that advances by exactly ``phases_ms`` (one duration per phase,
     in the order the phases run) between each phase's start and end, and not at all between phases."""

@@ -21,7 +21,7 @@ def documented_differences() -> dict[tuple[str, str, str, str, str], float]:
     table quotes at batch 16, for every row that quotes one."""
     figures = {}
     for memory, parallel, balance, outcome, fp32, bf16 in re.findall(
-            r"^\| (\w+) \| ([\w-]+) \| ([\w-]+) \| ([^|]+?) \| \d+ \| [^|]+ \| (\S+) / (\S+) \|",
+            r"^\| ([\w-]+) \| ([\w-]+) \| ([\w-]+) \| ([^|]+?) \| \d+ \| [^|]+ \| (\S+) / (\S+) \|",
             (ROOT / "docs" / "strategies.md").read_text(), re.M):
         figures.update({(memory, parallel, balance, outcome, amp): float(v) for amp, v in (("none", fp32), ("bf16", bf16)) if v != "-"})
     return figures

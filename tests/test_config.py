@@ -34,6 +34,28 @@ def test_bad_values_and_keys_are_one_line_errors(text, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("value, message", [
+    ("0", "train.lean_segments must be an integer in [1, 1048576] or 'auto', got 0"),
+    ("two", "got 'two'"),
+    ("2.5", "got '2.5'"),
+    ("true", "got True"),
+])
+def test_lean_segments_is_a_count_or_auto(value, message):
+    config = RunConfig()
+    set_value(config, "train.memory", "lean")
+    with pytest.raises(ConfigError) as info:
+        set_value(config, *parse_assignment(f"train.lean_segments={value}"))
+        config.validate()
+    assert message in str(info.value) and "\n" not in str(info.value)
+    for good in ("auto", "4"):
+        set_value(config, *parse_assignment(f"train.lean_segments={good}"))
+        config.validate()
+    assert config.train.lean_segments == 4
+    set_value(config, "train.memory", "standard")
+    with pytest.raises(ConfigError, match=r"^train.lean_segments applies to train.memory=lean \(it is 'standard'\)$"):
+        config.validate()
+
+
 def test_unknown_key_lists_the_valid_keys_of_its_section():
     with pytest.raises(ConfigError, match=r"valid: train\.mode, train\.epochs"):
         set_value(RunConfig(), "train.bogus", 1)

@@ -20,7 +20,8 @@ from capsmm.incremental import IncrementalRunConfig
 
 #: documented ranges: key suffix -> predicate on an accepted value
 POSITIVE = {"train_subset", "test_subset", "image_size", "sample_rate", "duration", "width_mult", "depth", "hidden",
-            "pattern_width", "temperature", "epochs", "lr", "eval_batch_size", "diagnostics_samples", "micro_batches", "dist_timeout"}
+            "pattern_width", "temperature", "epochs", "lr", "eval_batch_size", "diagnostics_samples", "micro_batches", "dist_timeout",
+            "lean_segments"}
 NON_NEGATIVE = {"weight_decay", "seed", "lean_keep", "diagnostics_every"}
 FRACTIONS = {"dropout", "modality_dropout"}  # [0, 1)
 CHOICES = {
@@ -29,6 +30,7 @@ CHOICES = {
     "audio_model.backbone": lambda: ENCODERS.names(), "train.memory": lambda: ["standard", "lean"],
     "train.parallel": lambda: ["data", "blocks"], "train.amp": lambda: ["none", "bf16"],
     "model.readout_norm": lambda: ["batchnorm", "layernorm", "none"], "model.head": lambda: ["cosine", "template"],
+    "train.lean_segments": lambda: ["auto"],
 }
 
 scalars = st.one_of(

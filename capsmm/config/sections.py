@@ -148,6 +148,11 @@ def _device_check(key: str, value: Any) -> str | None:
     return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else f"{key} '{value}' is not one of auto, cpu, cuda, cuda:N, mps"
 
 
+def _segments_check(key: str, value: Any) -> str | None:
+    ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**20)
+    return None if ok else f"{key} must be an integer in [1, 1048576] or 'auto', got {value!r}"
+
+
 @dataclass
 class TrainConfig:
     mode: str = opt('bp, caps, caps-full, local, the layer-local peers local-pred, local-sim, local-predsim, dgl, Forward-Forward ff, or a schedule '
@@ -169,6 +174,9 @@ class TrainConfig:
                       check=one_of(MEMORY.names))
     lean_keep: int = opt('with memory=lean: the last N blocks of each encoder keep their graphs instead of being recomputed (faster, a little more memory)', 0,
                          check=non_negative)
+    lean_segments: int | str = opt('with memory=lean: recompute the largest block over N micro-batches, and any block that would exceed '
+                                   'that share (same gradients, less memory, more passes); auto: split only blocks that would set the '
+                                   'peak, as far as the rest of a step needs anyway (measured per block)', 1, check=_segments_check)
     adam_impl: str = opt('Adam kernel: auto (fused on CPU and CUDA, the fastest measured), foreach, fused, for-loop', "auto",
                          check=one_of(ADAM_IMPLS))
     channels_last: bool = opt('channels-last memory format for conv backbones', False)
@@ -190,6 +198,8 @@ class TrainConfig:
 
     def validate(self, prefix: str = "train") -> None:
         check_fields(self, prefix)
+        if self.lean_segments != 1 and self.memory != "lean":
+            raise ConfigError(f"{prefix}.lean_segments applies to {prefix}.memory=lean (it is {self.memory!r})")
 
 
 FUSIONS = ("joint", "late", "concat-bp")

@@ -51,6 +51,7 @@ class TrainSettings(Protocol):
     micro_batches: int
     batch_size: int
     lean_keep: int
+    lean_segments: int | str
     device: str
 
 
