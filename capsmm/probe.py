@@ -14,7 +14,7 @@ on a seed or a learning rate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,10 +26,12 @@ from .errors import ConfigError
 from .evaluation import predictions
 from .inference import TrainedModel
 from .model import CAPModel
-from .streams import Purpose, stream
+from .prototypes import PrototypeHead
+from .readout import CAPReadout
+from .streams import Purpose, stream, stream_seed
 
-#: what a probe reads: the modality's CAP patterns concatenated, or its last block's activation
-FEATURES = ("patterns", "last")
+#: what a probe reads: the modality's CAP patterns concatenated, its last block's activation, or each block's
+FEATURES = ("patterns", "last", "blocks")
 
 
 def modality_model(model: nn.Module, modality: str) -> CAPModel:
@@ -41,25 +43,32 @@ def modality_model(model: nn.Module, modality: str) -> CAPModel:
     return found
 
 
+def pooled(encoder: nn.Module, activation: Tensor) -> Tensor:
+    """A block's activation as (B, C): feature maps and sequences averaged over space or time."""
+    channels_first = encoder.to_channels_first(activation).float()
+    return channels_first.flatten(2).mean(2) if channels_first.ndim > 2 else channels_first
+
+
 def encoder_features(model: nn.Module, modality: str, split: ModalSplit, *, features: str = "patterns", batch_size: int = 500,
-                     device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """(N, D) features of every sample of ``split`` (no augmentation) through the frozen encoder of
-    ``modality``, in eval mode, and the (N,) labels; on the CPU, in float32."""
+                     device: torch.device | None = None) -> tuple[list[Tensor], Tensor]:
+    """Features of every sample of ``split`` (no augmentation) through the frozen encoder of
+    ``modality``, in eval mode, and the (N,) labels, on the CPU in float32: one (N, D) tensor (the
+    patterns concatenated, or the last block) or, for ``blocks``, one per block (each pooled over
+    space). A Forward-Forward model reads its neutral input (no label written in), as its classifier does."""
     if features not in FEATURES:
         raise ConfigError(f"unknown probe features '{features}'; valid: {', '.join(FEATURES)}")
     holder = modality_model(model, modality)
     encoder = holder.encoders[modality]
     loader = BatchLoader(ModalSplit(split.inputs, split.labels, split.prepare), batch_size, device=device or torch.device("cpu"))
 
-    def extract(x: Tensor) -> Tensor:
-        passes = list(holder.iter_blocks({modality: x}))
+    def extract(x: Tensor) -> list[Tensor]:
+        passes = list(holder.iter_blocks({modality: holder.ff.neutral(x) if holder.ff is not None else x}))
         if features == "patterns":
-            return torch.cat([p.pattern.float() for p in passes if p.pattern is not None], dim=1)
-        last = encoder.to_channels_first(passes[-1].activation).float()
-        return last.flatten(2).mean(2) if last.ndim > 2 else last
+            return [torch.cat([p.pattern.float() for p in passes if p.pattern is not None], dim=1)]
+        return [pooled(encoder, p.activation) for p in (passes if features == "blocks" else passes[-1:])]
 
     batches = list(predictions(extract, holder, loader))
-    return torch.cat([f.cpu() for f, _ in batches]), torch.cat([y.cpu() for _, y in batches])
+    return [torch.cat([f[i].cpu() for f, _ in batches]) for i in range(len(batches[0][0]))], torch.cat([y.cpu() for _, y in batches])
 
 
 def fit_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, l2: float = 1e-4,
@@ -86,20 +95,84 @@ def fit_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, 
                 "train_samples": len(train_y), "test_samples": len(test_y), "l2": l2}
 
 
-def probe_run(trained: TrainedModel, *, features: str = "patterns", max_train: int | None = 10_000, batch_size: int = 500,
-              l2: float = 1e-4) -> dict[str, Any]:
-    """Probe every encoder of a finished multimodal run on the data sets its config names: fitted on at
-    most ``max_train`` training samples of each modality (stratified by class, unaugmented), tested on
-    the modality's whole test split (not the test pairs: each modality's own test set)."""
-    from .training_multimodal import load_modalities
+def fit_cap_readout(train_x: Sequence[Tensor], train_y: Tensor, test_x: Sequence[Tensor], test_y: Tensor, *, num_classes: int,
+                    seed: int, pattern_width: int = 1024, epochs: int = 10, lr: float = 5e-4, batch_size: int = 128) -> dict[str, Any]:
+    """A CAP readout fitted on frozen blocks: each block's activation pooled to ``pattern_width`` and
+    batch-normalised (:class:`~capsmm.readout.CAPReadout`), the patterns concatenated and scored by
+    cosine prototypes over temperature 0.1, trained with Adam on the cross-entropy; reports its
+    training and test errors. What CAPs would read from blocks another method trained."""
+    torch.manual_seed(stream_seed(seed, Purpose.PROBE, 1))
+    readouts = nn.ModuleList(CAPReadout(x.shape[1:], pattern_width) for x in train_x)
+    head = PrototypeHead(num_classes, [r.width for r in readouts])
+    modules = nn.ModuleList([readouts, head])
+    optimizer = torch.optim.Adam(modules.parameters(), lr=lr)
+    order = stream(seed, Purpose.PROBE, 2)
 
-    if trained.kind != "multimodal":
-        raise ConfigError(f"{trained.run_dir} is a {trained.kind} run; the probe compares the encoders of multimodal runs")
+    def logits(xs: Sequence[Tensor]) -> Tensor:
+        return head([r(x) for r, x in zip(readouts, xs)], list(range(len(xs))))
+
+    modules.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(train_y), generator=order).split(batch_size):
+            if len(index) < 2:  # batch norm needs two samples
+                continue
+            optimizer.zero_grad()
+            F.cross_entropy(logits([x[index] for x in train_x]), train_y[index]).backward()
+            optimizer.step()
+    modules.eval()
+    with torch.no_grad():
+        error = lambda xs, y: logits(xs).argmax(1).ne(y).double().mean().item()  # noqa: E731
+        return {"train_error": error(train_x, train_y), "test_error": error(test_x, test_y), "epochs": epochs, "lr": lr,
+                "pattern_width": pattern_width, "train_samples": len(train_y), "test_samples": len(test_y)}
+
+
+def run_splits(trained: TrainedModel) -> dict[str, tuple[ModalSplit, ModalSplit, Sequence[str]]]:
+    """Per modality of a finished run: its (train, test) splits as model inputs and its class names,
+    loaded as its config says (a vision run's one modality is ``image``)."""
     config = trained.config
+    if trained.kind == "multimodal":
+        from .training_multimodal import load_modalities
+
+        return {name: (train, test, classes) for name, (train, test, _, classes) in sorted(load_modalities(config).items())}
+    if trained.kind == "vision":
+        from .data import load_image_dataset
+
+        data = load_image_dataset(config.data, config.train.seed)
+        return {"image": (*data.modal_splits(config.data), data.classes)}
+    raise ConfigError(f"{trained.run_dir} is a {trained.kind} run; probes read vision and multimodal runs")
+
+
+def probe_run(trained: TrainedModel, *, features: str = "patterns", max_train: int | None = 10_000, batch_size: int = 500,
+              l2: float = 1e-4, cap_readout: Sequence[int] = ()) -> dict[str, Any]:
+    """Probe every encoder of a finished vision or multimodal run on the data sets its config names:
+    fitted on at most ``max_train`` training samples of each modality (stratified by class,
+    unaugmented), tested on the modality's whole test split (not the test pairs: each modality's own
+    test set). ``blocks``: one probe per block (``block_1``...). ``cap_readout``: the 0-based blocks a
+    CAP readout (:func:`fit_cap_readout`) is also fitted on."""
+    seed = trained.config.train.seed
     result: dict[str, Any] = {"features": features, "max_train": max_train}
-    for modality, (train, test, _, classes) in sorted(load_modalities(config).items()):
-        train = train.sample(max_train, stream(config.train.seed, Purpose.PROBE))
-        extracted = [encoder_features(trained.model, modality, split, features=features, batch_size=batch_size, device=trained.device)
-                     for split in (train, test)]
-        result[modality] = fit_probe(*extracted[0], *extracted[1], num_classes=len(classes), l2=l2)
+    for modality, (train, test, classes) in run_splits(trained).items():
+        train = train.sample(max_train, stream(seed, Purpose.PROBE))
+
+        def extracted(kind: str) -> tuple[list[Tensor], Tensor, list[Tensor], Tensor]:
+            (train_x, train_y), (test_x, test_y) = [encoder_features(trained.model, modality, split, features=kind, batch_size=batch_size,
+                                                                     device=trained.device) for split in (train, test)]
+            return train_x, train_y, test_x, test_y
+
+        train_x, train_y, test_x, test_y = extracted(features)
+        if features == "blocks":
+            figures = {f"block_{i + 1}": fit_probe(a, train_y, b, test_y, num_classes=len(classes), l2=l2)
+                       for i, (a, b) in enumerate(zip(train_x, test_x))}
+        else:
+            figures = fit_probe(train_x[0], train_y, test_x[0], test_y, num_classes=len(classes), l2=l2)
+        if cap_readout:
+            if features != "blocks":
+                train_x, _, test_x, _ = extracted("blocks")
+            if not set(cap_readout) <= set(range(len(train_x))):
+                raise ConfigError(f"--cap-readout names blocks {sorted(b + 1 for b in cap_readout)}; the {modality} encoder has blocks "
+                                  f"1..{len(train_x)}")
+            blocks = sorted(cap_readout)
+            figures["cap_readout"] = {"blocks": [b + 1 for b in blocks]} | fit_cap_readout(
+                [train_x[b] for b in blocks], train_y, [test_x[b] for b in blocks], test_y, num_classes=len(classes), seed=seed)
+        result[modality] = figures
     return result

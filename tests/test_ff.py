@@ -182,17 +182,39 @@ def test_multimodal_runs_refuse_ff_in_one_line():
         config.validate()
 
 
-def test_ff_learns_the_digits_and_records_both_predictors(tmp_path):
+@pytest.fixture(scope="module")
+def ff_run(tmp_path_factory):
     from capsmm.config import RunConfig, set_value
     from capsmm.training import train
 
+    out = tmp_path_factory.mktemp("ff-digits")
     config = RunConfig()
     for key, value in {"data.name": "digits", "train.mode": "ff", "model.hidden": 200, "model.dropout": 0.0, "train.lr": 1e-3,
-                       "train.batch_size": 32, "train.epochs": 3, "train.progress": False, "train.device": "cpu", "out": str(tmp_path)}.items():
+                       "train.batch_size": 32, "train.epochs": 3, "train.progress": False, "train.device": "cpu", "out": str(out)}.items():
         set_value(config, key, value)
-    results = train(config, log=lambda line: None)
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return out, train(config, log=lambda line: None)
+
+
+def test_ff_learns_the_digits_and_records_both_predictors(ff_run):
+    out, results = ff_run
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert results["test_error"] == results["test_error_linear"] == metrics[-1]["test_error"]
     # 10 classes: chance is 90% error; both predictors learn from the layers FF trained (measured: 7% and 55%)
     assert results["test_error_linear"] < 0.2 and results["test_error_goodness"] < 0.75
     assert all(0 < m["train_seconds"] <= m["epoch_seconds"] for m in metrics)
+
+
+def test_probes_read_every_layer_and_a_cap_readout_of_a_frozen_ff_network(ff_run, capsys):
+    from conftest import load_script
+
+    out, results = ff_run
+    probe = load_script("probe")
+    assert probe.main([str(out), "--features", "blocks", "--cap-readout", "2,3"]) == 0
+    figures = json.loads((out / "evaluation" / "probe-blocks.json").read_text())["image"]
+    assert set(figures) == {"block_1", "block_2", "block_3", "cap_readout"} and figures["cap_readout"]["blocks"] == [2, 3]
+    assert all(figures[f"block_{i}"]["test_error"] < 0.2 for i in (1, 2, 3))  # the digits are linearly separable from every layer
+    assert figures["cap_readout"]["test_error"] < 0.3
+    assert "CAP readout, blocks 2,3" in capsys.readouterr().out
+    assert probe.main([str(out), "--cap-readout", "4"]) == 2
+    error = capsys.readouterr().err
+    assert "blocks 1..3" in error and error.count("\n") == 1

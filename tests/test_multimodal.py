@@ -412,10 +412,12 @@ def test_probe_features_are_a_modalitys_patterns_or_its_last_block():
 
     train, _ = paired_parts()
     model = joint("caps")
-    patterns, labels = encoder_features(model, "image", train["image"], batch_size=32)
+    (patterns,), labels = encoder_features(model, "image", train["image"], batch_size=32)
     assert patterns.shape == (96, sum(model.pattern_widths["image"].values())) and torch.equal(labels, train["image"].labels)
-    last, _ = encoder_features(model, "audio", train["audio"], features="last", batch_size=32)
+    (last,), _ = encoder_features(model, "audio", train["audio"], features="last", batch_size=32)
     assert last.ndim == 2 and last.shape[0] == 96 and model.training  # the model's training state is restored
+    blocks, _ = encoder_features(model, "audio", train["audio"], features="blocks", batch_size=32)
+    assert len(blocks) == len(model.encoders["audio"].blocks) and torch.equal(blocks[-1], last)
 
 
 def test_concat_bp_scores_each_modality_with_its_part_of_the_linear_head():
