@@ -39,7 +39,7 @@ Decisions where the paper leaves room (docs/multimodal.md repeats them):
   one process' step on the global batch.
 - A batch that shows one modality (``multimodal.modality_dropout``) is neither scored nor modulated.
 
-capsmm trains with Adam, which divides each step by a running RMS of the gradient, so a constant
+capsmm trains with Adam by default (``train.optimizer``), which divides each step by a running RMS of the gradient, so a constant
 factor is undone within about 1/(1 - beta2) steps; the modulation acts through how the factor moves
 from batch to batch, and through the noise. The official code trains with SGD.
 """

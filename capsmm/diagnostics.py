@@ -151,6 +151,8 @@ def model_diagnostics(model: CAPModel, inputs: Tensor | dict[str, Tensor], label
     classifier (where it has one), and it has no CAP scale or gradient consistency figures."""
     was_training = model.training
     model.eval()
+    if getattr(model, "ff", None) is not None:  # a Forward-Forward model's blocks read its input with the neutral label written in
+        inputs = model.ff.neutral(inputs)
     with torch.no_grad():
         output = model(inputs)
         activations = activation_patterns(model, inputs, model.pattern_width)

@@ -158,12 +158,13 @@ class ForwardForward(nn.Module):
         return rearrange(total, "(c b) -> b c", c=C)
 
     def scores(self, run: Run, x: Tensor, predictor: str | None = None) -> tuple[Tensor, list[Tensor]]:
-        """The (B, C) scores of ``predictor`` (default: the model's) and the neutral sample's patterns. With
-        the gradient on (an attack under :func:`capsmm.encoder.gradient_kept`), both are functions of ``x``."""
+        """The (B, C) scores of ``predictor`` (default: the model's) and the patterns it read: the neutral
+        sample's for ``linear`` (one pass), none for ``goodness`` (its C passes). With the gradient on
+        (an attack under :func:`capsmm.encoder.gradient_kept`), the scores are a function of ``x``."""
+        if (predictor or self.predictor) == "goodness":
+            return self.goodness_logits(run, x), []
         patterns = [block.pattern for block in run(self.neutral(x))]
-        if (predictor or self.predictor) == "linear":
-            return self.classify(patterns), patterns
-        return self.goodness_logits(run, x), patterns
+        return self.classify(patterns), patterns
 
 
 def ff_loss(parts: Sequence[dict[str, Tensor]], classifier_logits: Tensor, targets: Tensor, peer_norm: float) -> Tensor:

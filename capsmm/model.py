@@ -397,10 +397,11 @@ class CAPModel(nn.Module):
         return [group for group in groups if group["params"]]
 
     def _ff_output(self, x: Tensor, labels: Tensor | None) -> CAPOutput:
-        """Forward-Forward: in training (with labels) the classifier's logits and each layer's goodness
-        and peer loss (what :func:`capsmm.ff.ff_loss` needs); else the model's predictor's scores and
-        the neutral sample's patterns."""
-        if self.training and labels is not None:
+        """Forward-Forward: in training (with the gradient on) the classifier's logits and each layer's
+        goodness and peer loss (what :func:`capsmm.ff.ff_loss` needs); else the model's predictor's scores."""
+        if self.training and torch.is_grad_enabled():
+            if labels is None:
+                raise ConfigError("a Forward-Forward model trains on its batch's labels (written into its input): call model(x, labels)")
             logits, parts = self.ff.train_outputs(self._passes, x, labels)
             return CAPOutput(logits, [], parts=parts, peer=("ff", self.num_classes, self.ff.peer_norm))
         logits, patterns = self.ff.scores(self._passes, x)

@@ -8,6 +8,7 @@ How a step turns a batch into parameter updates is the strategy's business
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import json
 import shutil
@@ -23,12 +24,11 @@ from tqdm import tqdm
 from .board import FOLDER as BOARD_FOLDER
 from .board import Board
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
-from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, TrainConfig, flatten_dict
+from .config import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, TrainConfig, flatten_dict, with_added_keys
 from .data import BatchLoader
 from .diagnostics import model_diagnostics
 from .distributed import all_reduce_sum, barrier, gather_objects
 from .evaluation import error_counts, predictions
-from .ff import FF_DEFAULTS
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .metrics import tidy
 from .profiling import PhaseTimer, count_parameters, peak_memory_mib
@@ -45,14 +45,6 @@ RESULTS = "results.json"
 Batch = tuple[Any, torch.Tensor]
 Evaluator = Callable[[CAPModel], dict[str, Any]]
 """A function of the model giving extra per-epoch figures, merged into the epoch's metrics."""
-
-#: config keys added after checkpoints were first written, with the value that reproduces a run
-#: whose checkpoint predates them, so that such runs still resume
-ADDED_KEYS = {"train.lean_keep": 0, "train.lean_segments": 1, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
-              **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()},
-              "multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "none",
-              "multimodal.modulation_alpha": 0.8, "multimodal.modulation_epochs": [1, 50]}
-
 
 def lr_factor(train: TrainConfig, epoch: int) -> float:
     """The learning-rate multiplier of the 0-based ``epoch``: ``lr_gamma`` per milestone passed, times
@@ -154,14 +146,14 @@ class Trainer:
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: it was written by a capsmm that drew its random streams "
                                   "(batch order, subsets, pairing, augmentation) another way, so the rest of the run would not be "
                                   "the run it began; finish it with that capsmm, or start it over with --force")
-        saved, current = flatten_dict(state["config"]), flatten_dict(self.run_config)
-        saved = {k: v for k, v in ADDED_KEYS.items() if k in current} | saved
+        saved, current = with_added_keys(flatten_dict(state["config"])), flatten_dict(self.run_config)
         changed = sorted(k for k in saved.keys() | current.keys()
                          if k != "out" and not k.endswith(RESUMABLE_SUFFIXES) and saved.get(k) != current.get(k))
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
         self._check_schedule([record["mode"] for record in state["history"]], saved.get("train.epochs"))
+        self._check_lr_history(len(state["history"]), saved.get("train.epochs"))
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that wrote it
         self._check_ranks(len(states), saved)
         self.strategy.load_state_dict(state)
@@ -184,6 +176,21 @@ class Trainer:
                 f"fractions of the epochs, and epoch {epoch + 1}, trained as {trained[epoch]}, would be "
                 f"{self.schedule.mode_at(epoch, epochs)} in a run of {epochs} epochs; resume with train.epochs={saved_epochs}, "
                 "or train the new length in another folder (--out) or from scratch (--force)")
+
+    def _check_lr_history(self, trained: int, saved_epochs: int | None) -> None:
+        """Refuse a resume whose ``train.epochs`` would give an epoch already trained another learning
+        rate (``train.lr_cooldown`` depends on the epoch count): the run would have a learning-rate
+        history that no fresh run of either length has."""
+        if saved_epochs is None or saved_epochs == self.train_config.epochs:
+            return
+        before = dataclasses.replace(self.train_config, epochs=saved_epochs)
+        epoch = next((e for e in range(trained) if lr_factor(before, e) != lr_factor(self.train_config, e)), None)
+        if epoch is not None:
+            raise CheckpointError(
+                f"cannot resume {self.checkpoint_path} with train.epochs={self.train_config.epochs}: train.lr_cooldown scales the "
+                f"learning rate by the epoch count, and epoch {epoch + 1} trained at {lr_factor(before, epoch):g}x would be "
+                f"{lr_factor(self.train_config, epoch):g}x in a run of {self.train_config.epochs} epochs; resume with "
+                f"train.epochs={saved_epochs}, or train the new length in another folder (--out) or from scratch (--force)")
 
     def _check_ranks(self, written_by: int, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint that ``written_by`` ranks wrote when this run has another
@@ -269,7 +276,7 @@ class Trainer:
             saved = json.loads((self.out_dir / RESULTS).read_text())
         except (OSError, ValueError):
             return None
-        same = {k: v for k, v in flatten_dict(saved.get("config", {})).items() if not k.endswith(INCIDENTAL_SUFFIXES)} == {
+        same = {k: v for k, v in with_added_keys(flatten_dict(saved.get("config", {}))).items() if not k.endswith(INCIDENTAL_SUFFIXES)} == {
             k: v for k, v in flatten_dict(self.run_config).items() if not k.endswith(INCIDENTAL_SUFFIXES)}
         return saved if same and saved.get("epochs") == self.train_config.epochs else None
 

@@ -46,6 +46,8 @@ def by_hand_activations(model, x: torch.Tensor, label_rows: torch.Tensor) -> lis
 
 def test_the_loss_equals_a_hand_computation_of_the_reference_objective():
     model = tiny(peer_norm=0.03).train()
+    with torch.no_grad():  # a trained classifier: at its zero start its cross-entropy is log C whatever it reads
+        model.ff.classifier.weight.normal_()
     x, y = torch.randn(B, *IN_SHAPE), torch.tensor([0, 1, 2, 3, 0, 1])
     torch.manual_seed(5)
     loss = training_loss(model(x, y), y)
@@ -218,3 +220,20 @@ def test_probes_read_every_layer_and_a_cap_readout_of_a_frozen_ff_network(ff_run
     assert probe.main([str(out), "--cap-readout", "4"]) == 2
     error = capsys.readouterr().err
     assert "blocks 1..3" in error and error.count("\n") == 1
+
+
+def test_a_training_forward_without_labels_is_refused_and_diagnostics_read_the_neutral_input():
+    from capsmm.diagnostics import activation_patterns, model_diagnostics, sparsity
+
+    model = tiny().train()
+    x, y = torch.randn(B, *IN_SHAPE), torch.arange(B) % C
+    with pytest.raises(ConfigError, match="model\\(x, labels\\)"):
+        model(x)
+    with torch.no_grad():
+        assert model(x).logits.shape == (B, C)  # without gradient (a benchmark's dry run): the scores
+    figures = model_diagnostics(model, x, y)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        read = lambda inputs: [sparsity(a) for a in activation_patterns(model, inputs, model.pattern_width)]  # noqa: E731
+        assert figures["sparsity_by_block"] == read(model.ff.neutral(x)) != read(x)

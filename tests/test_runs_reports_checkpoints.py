@@ -105,6 +105,33 @@ def test_a_resume_that_would_move_a_past_mode_switch_is_refused(tmp_path, capsys
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == written
 
 
+def test_a_resume_that_would_change_a_past_cooled_down_learning_rate_is_refused(tmp_path, capsys):
+    """With train.lr_cooldown, 6 epochs train epoch 6 at 0.67x; a run of 8 epochs trains it at 1x."""
+    assert train_digits(tmp_path, "caps", 6, "--set", "train.lr_cooldown=true") == 0
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_digits(tmp_path, "caps", 8, "--set", "train.lr_cooldown=true", "--resume") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "epoch 6 trained at 0.666667x would be 1x in a run of 8 epochs; resume with train.epochs=6" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == written
+
+
+def test_a_run_saved_before_new_config_keys_still_counts_as_finished(tmp_path, capsys):
+    """results.json of a run written before train.optimizer (and the other ADDED_KEYS) existed: the same
+    command finds it finished instead of calling it a run with other settings."""
+    from capsmm.config import ADDED_KEYS
+
+    assert train_digits(tmp_path, "caps", 1) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ADDED_KEYS:
+        section, _, name = key.partition(".")
+        results["config"].get(section, {}).pop(name, None)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    assert train_digits(tmp_path, "caps", 1) == 0
+    assert "holds this run, finished" in capsys.readouterr().out
+
+
 def test_a_resume_before_any_switch_may_extend_the_schedule(tmp_path):
     """Extended before its switch, the run has the modes of a fresh run of the new length (the
     refusal above must not catch this: it passes before the fix too)."""

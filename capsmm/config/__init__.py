@@ -24,7 +24,7 @@ asked for (the installed plugins are loaded then).
 from typing import Any
 
 from .fields import Check, at_least, check_fields, in_range, increasing_epochs, non_negative, one_of, opt
-from .folders import INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, flat_config, flatten_dict, run_folder, shown, slug
+from .folders import ADDED_KEYS, INCIDENTAL_SUFFIXES, RESUMABLE_SUFFIXES, flat_config, flatten_dict, run_folder, shown, slug, with_added_keys
 from .modalities import MODALITY_SECTIONS, ModalitySections, register_modality
 from .overrides import coerce, config_from_saved, describe_keys, flatten_mapping, load_yaml, parse_assignment, sections, set_value, top_level, valid_keys
 from .schemas import MultimodalRun, RunConfig, multimodal_schema
@@ -32,12 +32,12 @@ from .sections import FUSIONS, DataConfig, EncoderConfig, HeadConfig, ModelConfi
 from .sweeps import Sweep, build_runs
 
 __all__ = [
-    "FUSIONS", "INCIDENTAL_SUFFIXES", "MODALITY_SECTIONS", "RESUMABLE_SUFFIXES",
+    "ADDED_KEYS", "FUSIONS", "INCIDENTAL_SUFFIXES", "MODALITY_SECTIONS", "RESUMABLE_SUFFIXES",
     "Check", "DataConfig", "EncoderConfig", "HeadConfig", "ModalitySections", "ModelConfig", "MultimodalConfig", "MultimodalRun",
     "MultimodalRunConfig", "RunConfig", "Sweep", "TrainConfig",
     "at_least", "build_runs", "check_fields", "coerce", "config_from_saved", "describe_keys", "flat_config", "flatten_dict", "flatten_mapping", "in_range",
     "increasing_epochs", "load_yaml", "multimodal_schema", "non_negative", "one_of", "opt", "parse_assignment", "register_modality",
-    "run_folder", "sections", "set_value", "shown", "slug", "top_level", "valid_keys",
+    "run_folder", "sections", "set_value", "shown", "slug", "top_level", "valid_keys", "with_added_keys",
 ]
 
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..ff import FF_DEFAULTS
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
@@ -20,6 +22,23 @@ def slug(text: str) -> str:
 RESUMABLE_SUFFIXES = (".epochs", ".device", ".progress", ".tensorboard", ".eval_batch_size", ".root", ".dist_timeout")
 #: of those, the ones that do not change what a finished run computed (a rerun with them changed is the same run)
 INCIDENTAL_SUFFIXES = tuple(s for s in RESUMABLE_SUFFIXES if s != ".epochs")
+
+
+#: config keys added after runs were first written, with the value that reproduces a run whose saved
+#: config predates them: such runs still resume, count as finished and fall in the cells of runs made since
+ADDED_KEYS: dict[str, Any] = {
+    "train.lean_keep": 0, "train.lean_segments": 1, "train.optimizer": "adam", "train.momentum": 0.9, "train.lr_cooldown": False,
+    **{f"model.ff_{key}": value for key, value in FF_DEFAULTS.items()},
+    "multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "none", "multimodal.modulation_alpha": 0.8,
+    "multimodal.modulation_epochs": [1, 50],
+}
+
+
+def with_added_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened saved config with every :data:`ADDED_KEYS` key it lacks (of the sections it has) at
+    the value its run was made with."""
+    sections = {key.partition(".")[0] for key in flat}
+    return {k: v for k, v in ADDED_KEYS.items() if k.partition(".")[0] in sections} | flat
 
 
 def flatten_dict(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

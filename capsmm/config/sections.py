@@ -224,7 +224,7 @@ class MultimodalConfig:
     modulation: str = opt("joint or concat-bp: on-the-fly gradient modulation (Peng et al. 2022): ogm scales the leading modality's encoder "
                           "gradients down by its lead in true-class probability; ogm-ge also adds Gaussian noise; none = off", "none",
                           check=one_of(MODULATIONS))
-    modulation_alpha: float = opt("ogm, ogm-ge: how strongly a lead slows the leading modality: its gradients times 1 - tanh(alpha * (ratio - 1)), "
+    modulation_alpha: float = opt("ogm, ogm-ge: how strongly a lead slows the leading modality: its gradients times 1 - tanh(alpha * max(ratio - 1, 0)), "
                                   "ratio = its true-class probability over the others' mean", 0.8,
                                   check=in_range(1e-6, 100, open_high=False))
     modulation_epochs: list[int] = opt("ogm, ogm-ge: [first, last] epoch of the modulation (1-based, inclusive)", factory=lambda: [1, 50],
