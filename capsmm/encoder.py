@@ -25,11 +25,19 @@ from .registry import Registry
 _GRADIENT_KEPT = contextvars.ContextVar("gradient_kept", default=False)
 
 
+def without_graph(x: Tensor) -> Tensor:
+    """``x`` as a plain value, with no path back to what computed it: the one ``detach()`` in capsmm.
+    :func:`stop_gradient`, the method's cut, is built on it; the other callers keep a value rather
+    than cut the method's gradient (a step's reported loss and logits, Forward-Forward's running
+    means, a segmented block's probe leaves), so :func:`gradient_kept` leaves them as they are."""
+    return x.detach()
+
+
 def stop_gradient(x: Tensor) -> Tensor:
     """The stop-gradient of CAPs: ``x`` as a value, with no path back to what computed it. Every cut
     in capsmm goes through here (between blocks; and into a layer-local peer's output layer), so
     :func:`gradient_kept` can lift all of them at once."""
-    return x if _GRADIENT_KEPT.get() else x.detach()
+    return x if _GRADIENT_KEPT.get() else without_graph(x)
 
 
 @contextlib.contextmanager

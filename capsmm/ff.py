@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .encoder import without_graph
 from .errors import ConfigError
 
 #: one pass of the model's blocks: ``x`` -> every block's :class:`capsmm.model.BlockPass` (activation and pattern)
@@ -120,7 +121,7 @@ class ForwardForward(nn.Module):
         updates its running mean (the reference's ``_calc_peer_normalization_loss``)."""
         name = f"running_mean_{index}"
         mean = self.peer_momentum * getattr(self, name) + (1 - self.peer_momentum) * activation.float().mean(0)
-        setattr(self, name, mean.detach())
+        setattr(self, name, without_graph(mean))
         return (mean.mean() - mean).pow(2).mean()
 
     def train_outputs(self, run: Run, x: Tensor, labels: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:

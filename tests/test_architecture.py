@@ -124,3 +124,14 @@ def test_a_registered_modality_gets_its_own_sections_in_multimodal_configs(toy_m
     assert run.toy.rate == 5 and run.toy_model.backbone == "mlp"
     with pytest.raises(ConfigError, match="toy_model.backbone 'mlp' encodes image, not toy"):  # its sections are validated
         run.validate()
+
+
+def test_the_graph_is_cut_in_one_place():
+    """Every ``detach()`` of the project's packages is :func:`capsmm.encoder.without_graph`'s (the
+    stop-gradient and every value kept without its graph go through it): a second one fails here."""
+    root = Path(capsmm.__file__).resolve().parent.parent
+    calls = [(path.relative_to(root).as_posix(), node.lineno)
+             for package in ("capsmm", "modalities") for path in sorted((root / package).rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("detach", "detach_")]
+    assert [path for path, _ in calls] == ["capsmm/encoder.py"], calls

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import DistContext
+from ..encoder import without_graph
 from ..errors import ConfigError
 from ..profiling import PhaseTimer, phase_of
 
@@ -152,8 +153,8 @@ class StepOutput(NamedTuple):
     @classmethod
     def reported(cls, loss: Tensor, logits: Tensor) -> "StepOutput":
         """The values a step reports, cut from its graph so that holding them keeps no activation alive
-        (the one place a strategy detaches; the method's stop-gradient is :func:`capsmm.encoder.stop_gradient`)."""
-        return cls(loss.detach(), logits.detach())
+        (:func:`capsmm.encoder.without_graph`; the method's stop-gradient is :func:`capsmm.encoder.stop_gradient`)."""
+        return cls(without_graph(loss), without_graph(logits))
 
 
 class Strategy(ABC):

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..encoder import without_graph
 from ..errors import ConfigError
 from ..profiling import TensorMemoryMeter
 
@@ -136,8 +137,8 @@ class FullBatchNorms(TorchFunctionMode):
         mean, var = self.statistics[index]
         if index == self.probe:
             channels = mean.shape[0]
-            weight = (torch.ones(channels, device=x.device) if weight is None else weight.detach()).requires_grad_()
-            bias = (torch.zeros(channels, device=x.device) if bias is None else bias.detach()).requires_grad_()
+            weight = (torch.ones(channels, device=x.device) if weight is None else without_graph(weight)).requires_grad_()
+            bias = (torch.zeros(channels, device=x.device) if bias is None else without_graph(bias)).requires_grad_()
             self.probes = [weight, bias]
         sums = None if index == self.probe else self.sums[index]
         return _FullBatchNorm.apply(x, weight, bias, mean, var, eps, sums, self.batch * math.prod(x.shape[2:]))
