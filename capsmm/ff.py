@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from .encoder import without_graph
 from .errors import ConfigError
 
-#: one pass of the model's blocks: ``x`` -> every block's :class:`capsmm.model.BlockPass` (activation and pattern)
+#: one pass of the model's blocks: ``x`` -> every block's :class:`capsmm.model.BlockPass` (activation, and
+#: pattern unless ``read=False``)
 Run = Callable[[Tensor], list[Any]]
 GOODNESS = ("sum", "mean")
 PREDICTORS = ("linear", "goodness")
@@ -133,7 +134,7 @@ class ForwardForward(nn.Module):
         positive = embed_labels(x, F.one_hot(labels, C))
         negative = embed_labels(x, F.one_hot(wrong_labels(labels, C), C))
         parts = []
-        for index, block in enumerate(run(torch.cat([positive, negative]))):
+        for index, block in enumerate(run(torch.cat([positive, negative]), read=False)):  # goodness reads activations
             part = {"goodness": self.goodness(block.activation)}
             if self.peer_norm > 0:
                 part["peer"] = self._peer_loss(index, block.activation[: len(labels)])
@@ -155,7 +156,7 @@ class ForwardForward(nn.Module):
         C, B = self.num_classes, len(x)
         eye = torch.eye(C, device=x.device)
         labelled = torch.cat([embed_labels(x, eye[c].expand(B, C)) for c in range(C)])
-        total = sum(self.goodness(block.activation) for block in run(labelled)[1:])
+        total = sum(self.goodness(block.activation) for block in run(labelled, read=False)[1:])
         return rearrange(total, "(c b) -> b c", c=C)
 
     def scores(self, run: Run, x: Tensor, predictor: str | None = None) -> tuple[Tensor, list[Tensor]]:

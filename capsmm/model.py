@@ -407,8 +407,8 @@ class CAPModel(nn.Module):
         logits, patterns = self.ff.scores(self._passes, x)
         return CAPOutput(logits, patterns)
 
-    def _passes(self, x: Tensor) -> list[BlockPass]:
-        return list(self.iter_blocks(x))
+    def _passes(self, x: Tensor, read: bool = True) -> list[BlockPass]:
+        return list(self.iter_blocks(x, read=read))
 
     def ff_scores(self, inputs: Tensor | Mapping[str, Tensor], predictor: str) -> Tensor:
         """Forward-Forward's (B, C) scores by ``predictor`` (``linear`` or ``goodness``), whichever the model predicts with."""
