@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+#: the patterns a calibration keeps from its first pass for its second (beyond: the second recomputes them)
+CALIBRATION_CACHE_BYTES = 512 * 2**20
 #: the clean typicality quantile above which a gate is fully open
 OPEN_QUANTILE = 0.05
 #: bounds that keep an uncalibrated gate open whatever the typicality
@@ -129,7 +131,10 @@ def _patterns_by_modality(model: nn.Module, inputs: Any) -> dict[str, Tensor]:
 @torch.no_grad()
 def calibrate_gate(model: nn.Module, loader: Any) -> None:
     """Fit ``model.gate`` to the clean pairs of ``loader``: each modality's class means and pooled
-    within-class variance (first pass), then its typicality thresholds (second pass)."""
+    within-class variance (first pass), then its typicality thresholds (second pass). The first
+    pass keeps the patterns for the second while they fit in ``CALIBRATION_CACHE_BYTES``: the
+    calibration runs after every epoch, and a second forward pass over the training pairs would
+    otherwise cost as much as the first."""
     gate: ModalityGate | None = getattr(model, "gate", None)
     if gate is None:
         return
@@ -138,12 +143,20 @@ def calibrate_gate(model: nn.Module, loader: Any) -> None:
     sums: dict[str, Tensor] = {}
     squares: dict[str, Tensor] = {}
     counts = torch.zeros(gate.num_classes)
+    kept: list[dict[str, Tensor]] | None = []
+    kept_bytes = 0
     for inputs, labels in loader:
         one_hot = torch.nn.functional.one_hot(labels, gate.num_classes).float()
         counts += one_hot.sum(0).cpu()
-        for name, p in _patterns_by_modality(model, inputs).items():
+        patterns = _patterns_by_modality(model, inputs)
+        for name, p in patterns.items():
             sums[name] = sums.get(name, 0) + one_hot.T @ p
             squares[name] = squares.get(name, 0) + one_hot.T @ p.pow(2)
+        kept_bytes += sum(p.numel() * p.element_size() for p in patterns.values())
+        if kept is not None:
+            kept.append(patterns)
+        if kept_bytes > CALIBRATION_CACHE_BYTES:
+            kept = None  # too many pairs to hold: the second pass recomputes them
     present = counts > 0
     for name in sums:
         n = counts.to(sums[name].device)[:, None].clamp_min(1)
@@ -152,8 +165,8 @@ def calibrate_gate(model: nn.Module, loader: Any) -> None:
         getattr(gate, f"means_{name}").copy_(means)
         getattr(gate, f"inverse_variance_{name}").copy_(1 / (within + 1e-6))
     typical: dict[str, list[Tensor]] = {}
-    for inputs, _ in loader:
-        for name, p in _patterns_by_modality(model, inputs).items():
+    for patterns in kept if kept is not None else (_patterns_by_modality(model, inputs) for inputs, _ in loader):
+        for name, p in patterns.items():
             typical.setdefault(name, []).append(gate.typicality(name, p))
     for name, values in typical.items():
         values_ = torch.cat(values)

@@ -125,16 +125,12 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Sequence[str],
-                        corrupted: Mapping[str, BatchLoader] | None = None) -> dict[str, Any]:
+def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Sequence[str]) -> dict[str, Any]:
     """One pass over the test pairs: the error of every non-empty modality subset
     (``test_error_by_modality``: 'image', 'audio', 'audio+image', the missing-modality cases) and,
     with two or more modalities, cross-modal ``retrieval``: for every ordered pair ``a->b``, each
     test item of modality a queries the items of modality b through their class-probability
-    profiles (recall@1, mAP). With ``corrupted`` loaders (:func:`capsmm.corruption.corrupted_splits`),
-    ``corrupted_error``: the joint error with one modality corrupted (``audio=noise``: 0.12). A gated
-    joint model also reports its joint errors without gates (``ungated_error``: ``clean`` and each
-    corruption)."""
+    profiles (recall@1, mAP)."""
     logits, labels = collect_logits(model, loader, modality_subsets(modalities))
     result: dict[str, Any] = {"test_error_by_modality": {
         subset_name(subset): (values.argmax(1) != labels).float().mean().item() for subset, values in logits.items()}}
@@ -142,23 +138,31 @@ def evaluate_modalities(model: nn.Module, loader: BatchLoader, modalities: Seque
         profiles = {m: class_profile(logits[(m,)]) for m in modalities}
         result["retrieval"] = {f"{a}->{b}": retrieval_metrics(profiles[a], labels, profiles[b], labels)
                                for a, b in itertools.permutations(sorted(modalities), 2)}
-        everything = tuple(sorted(modalities))
+    return result
 
-        def joint_errors(variants: Mapping[str, BatchLoader]) -> dict[str, float]:
-            errors = {}
-            for name, variant_loader in variants.items():
-                joint, variant_labels = collect_logits(model, variant_loader, [everything])
-                errors[name] = (joint[everything].argmax(1) != variant_labels).float().mean().item()
-            return errors
 
-        result["corrupted_error"] = joint_errors(corrupted or {})
-        if getattr(model, "gated", False):  # the same joint figures without the gates, for comparison
-            model.gated = False
-            try:
-                ungated = joint_errors({"clean": loader, **(corrupted or {})})
-            finally:
-                model.gated = True
-            result["ungated_error"] = ungated
+def evaluate_under_shift(model: nn.Module, loader: BatchLoader, modalities: Sequence[str],
+                         corrupted: Mapping[str, BatchLoader]) -> dict[str, Any]:
+    """The joint error with one modality corrupted (``corrupted_error``: ``audio=noise``: 0.12;
+    ``corrupted`` from :func:`capsmm.corruption.corrupted_splits`) and, for a gated joint model, its
+    joint errors without the gates (``ungated_error``: ``clean`` and each corruption). A pass over
+    the test pairs per figure: the trainer computes them for the trained model, after the last epoch."""
+    everything = tuple(sorted(modalities))
+
+    def joint_errors(variants: Mapping[str, BatchLoader]) -> dict[str, float]:
+        errors = {}
+        for name, variant_loader in variants.items():
+            joint, variant_labels = collect_logits(model, variant_loader, [everything])
+            errors[name] = (joint[everything].argmax(1) != variant_labels).float().mean().item()
+        return errors
+
+    result = {"corrupted_error": joint_errors(corrupted)}
+    if getattr(model, "gated", False):  # the same joint figures without the gates, for comparison
+        model.gated = False
+        try:
+            result["ungated_error"] = joint_errors({"clean": loader, **corrupted})
+        finally:
+            model.gated = True
     return result
 
 
@@ -212,8 +216,8 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     """Train a multimodal model on paired splits and record per-modality errors and retrieval.
 
     ``train``/``test`` map modality -> :class:`~capsmm.data.ModalSplit`; the test pairs are fixed.
-    Each epoch's metrics gain ``test_error_by_modality``, ``retrieval`` and ``corrupted_error``; so
-    do the results. With ``gate`` a joint CAP model predicts with the gated joint score
+    Each epoch's metrics gain ``test_error_by_modality`` and ``retrieval``; the last epoch's also
+    ``corrupted_error`` (and ``ungated_error``); so do the results. With ``gate`` a joint CAP model predicts with the gated joint score
     (:mod:`capsmm.gate`), its thresholds calibrated on the clean training pairs after every epoch.
     ``balance`` turns on slice losses or gradient modulation (:mod:`capsmm.balance`); each epoch's
     metrics then gain ``modality_balance``.
@@ -228,8 +232,11 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
     train_loader, test_loader = multimodal_loaders(train, test, modality_dropout=modality_dropout, shard=strategy.batch_shard, **options)
     pairs = lambda parts: multimodal_loaders(parts, parts, **options)[1]  # noqa: E731 - fixed pairs, unsharded
     whole_test = pairs(test)  # the evaluators read every test pair on rank 0
-    corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test, train_config.seed).items()} if len(modalities) > 1 else {}
-    evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities, corrupted)]
+    evaluators = [lambda m: evaluate_modalities(m, whole_test, modalities)]
+    final_evaluators = []
+    if len(modalities) > 1:
+        corrupted = {name: pairs(parts) for name, parts in corrupted_splits(test, train_config.seed).items()}
+        final_evaluators.append(lambda m: evaluate_under_shift(m, whole_test, modalities, corrupted))
     if balancer is not None:
         evaluators.append(lambda m: balancer.epoch_figures())
     before_evaluation = []
@@ -245,7 +252,7 @@ def fit_multimodal(model: nn.Module, train: Mapping[str, ModalSplit], test: Mapp
                                         anchor=anchor, row_pairing=pairing == "row")
         diagnostics = next(iter(diagnostic_loader))
     trainer = Trainer(strategy, train_loader, test_loader, out_dir, run_config=run_config, summary=summary,
-                      evaluators=evaluators, before_epoch=[balancer.start_epoch] if balancer is not None else [],
+                      evaluators=evaluators, final_evaluators=final_evaluators, before_epoch=[balancer.start_epoch] if balancer is not None else [],
                       before_evaluation=before_evaluation, diagnostics_batch=diagnostics, log=log)
     results = trainer.fit(resume=resume, force=force)
     if extra_results is not None and "frozen_predictions_unchanged" not in results:

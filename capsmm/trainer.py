@@ -69,6 +69,8 @@ class Trainer:
         run_config: the whole resolved config (saved in checkpoints and results; a resumed run must match it).
         summary: fields that head ``results.json`` (dataset, backbone, mode...).
         evaluators: functions of the model giving extra per-epoch figures (e.g. per-modality error), as dicts.
+        final_evaluators: the same for figures of the trained model alone (e.g. the errors under each
+            corruption): run after the last epoch only, since each costs several passes over the test set.
         before_epoch: functions of the epoch's index (0-based) run on every rank before the epoch trains
             (e.g. starting gradient modulation's epoch: its range and its noise stream).
         before_evaluation: functions of the model run on every rank after each epoch's training, before
@@ -86,6 +88,7 @@ class Trainer:
         run_config: dict[str, Any],
         summary: dict[str, Any],
         evaluators: Sequence[Evaluator] = (),
+        final_evaluators: Sequence[Evaluator] = (),
         before_epoch: Sequence[Callable[[int], None]] = (),
         before_evaluation: Sequence[Callable[[Any], None]] = (),
         diagnostics_batch: Batch | None = None,
@@ -99,6 +102,7 @@ class Trainer:
         self.run_config = run_config
         self.summary = summary
         self.evaluators = list(evaluators)
+        self.final_evaluators = list(final_evaluators)
         self.before_epoch = list(before_epoch)
         self.before_evaluation = list(before_evaluation)
         self.evaluated_keys: set[str] = set()
@@ -339,7 +343,8 @@ class Trainer:
                 prepare(self.model)
             record["test_error"] = self.evaluate()
             record.update(self.timer.collect())
-            for evaluator in self.evaluators if self.inspects_model else ():
+            last_epoch = epoch + 1 == epochs
+            for evaluator in [*self.evaluators, *(self.final_evaluators if last_epoch else ())] if self.inspects_model else ():
                 figures = evaluator(self.model)
                 self.evaluated_keys |= set(figures)
                 record.update(figures)
@@ -347,7 +352,7 @@ class Trainer:
             # on every rank that holds the model, not rank 0 alone: the gradient cosine's training-mode
             # forward runs SyncBatchNorm's collectives, which the other ranks must join (same batch, same figures)
             if (every and self.diagnostics_batch is not None and self.strategy.holds_model
-                    and ((epoch + 1) % every == 0 or epoch + 1 == epochs)):
+                    and ((epoch + 1) % every == 0 or last_epoch)):
                 began_diagnostics = time.perf_counter()
                 inputs, labels = self.diagnostics_batch
                 record["diagnostics"] = model_diagnostics(self.model, self.strategy.prepare(inputs), labels)

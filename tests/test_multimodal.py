@@ -12,6 +12,7 @@ from capsmm import CAPEncoder, training_loss
 from capsmm.config import TrainConfig
 from capsmm.data import ModalSplit
 from capsmm.encoder import build_encoder, register_encoder
+from capsmm import gate as gate_module
 from capsmm.gate import calibrate_gate
 from capsmm.multimodal import EncoderSpec, LateFusion, build_fusion_model, evaluate_modalities, fit_multimodal, multimodal_loaders
 
@@ -225,6 +226,22 @@ def test_the_gated_score_is_the_joint_one_when_open_and_the_other_modality_alone
     torch.testing.assert_close(gated[~shut], ungated[~shut], rtol=1e-5, atol=1e-5)
 
 
+def test_the_gate_calibration_is_the_same_whether_it_keeps_its_patterns_or_recomputes_them(monkeypatch):
+    model, (train, _) = joint("caps"), paired_parts()
+    loader = multimodal_loaders(train, train, batch_size=16, eval_batch_size=16, device=torch.device("cpu"), seed=0, anchor="audio")[1]
+    forwards, patterns = [], gate_module._patterns_by_modality
+    monkeypatch.setattr(gate_module, "_patterns_by_modality", lambda *a: forwards.append(1) or patterns(*a))
+    calibrate_gate(model, loader)
+    kept, passes_kept = {k: v.clone() for k, v in model.gate.state_dict().items()}, len(forwards)
+    monkeypatch.setattr(gate_module, "CALIBRATION_CACHE_BYTES", 0)  # nothing fits: the second pass recomputes
+    forwards.clear()
+    calibrate_gate(model, loader)
+    assert passes_kept == len(loader) and len(forwards) == 2 * len(loader)
+    assert torch.isfinite(model.gate.high).all() and (model.gate.low < model.gate.high).all()  # calibrated, not the open defaults
+    for name, value in model.gate.state_dict().items():
+        torch.testing.assert_close(value, kept[name], rtol=0, atol=0, msg=name)
+
+
 def test_a_constant_input_shuts_its_gate_however_typical_its_pattern():
     model = joint("caps").eval()
     model.gated = True  # uncalibrated: on typicality alone every gate stays open
@@ -243,6 +260,8 @@ def test_a_corrupted_modality_leaves_the_joint_prediction_to_the_clean_one(tmp_p
     results = fit_multimodal(joint("caps"), train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
                              log=lambda _: None)
     corrupted, alone = results["corrupted_error"], results["test_error_by_modality"]
+    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert ["corrupted_error" in e for e in epochs] == [False, False, False, True]  # the trained model's figures: last epoch only
     assert set(corrupted) == {"audio=noise", "audio=silence", "audio=tones", "image=noise", "image=blank"}
     for name, error in corrupted.items():  # docs/multimodal.md: "exactly the clean modality's error alone"
         clean = alone["image" if name.startswith("audio") else "audio"]
