@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.utils.benchmark
 from torch import Tensor, nn
 
 from .config import TrainConfig
@@ -162,8 +161,12 @@ def peak_step_memory(variant: Variant, images: Tensor, labels: Tensor) -> tuple[
 
 def _time_ms(fn: Callable[[], Any], reps: int) -> float:
     """Median milliseconds of one call of ``fn`` over ``reps`` calls after a warm-up
-    (``torch.utils.benchmark``, which synchronises CUDA and keeps the thread count fixed)."""
-    timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    (``torch.utils.benchmark``, which synchronises CUDA and keeps the thread count fixed). Imported
+    here, not with the module: importing it loads the C++ extension builder, which warns on a CUDA
+    build of torch without a GPU, and bench.py's one-line errors must print nothing else."""
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     fn()  # warm-up
     return statistics.median(timer.timeit(1).mean for _ in range(reps)) * 1000
 

@@ -228,6 +228,37 @@ def plot_evaluations(runs: Sequence[RunRecord], path: Path) -> Path:
     return _finish(fig, path)
 
 
+def cost_tradeoff_points(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
+    """Per backbone, each of bench.py's variants as (label, activation memory / bp's, step time /
+    plain caps's): both ratios from one side-by-side run."""
+    points: dict[str, list[tuple[str, float, float]]] = {}
+    for backbone in dict.fromkeys(r["backbone"] for r in records if "activation_vs_bp" in r):
+        rows = [r for r in records if r["backbone"] == backbone and "activation_vs_bp" in r]
+        caps = next((r for r in rows if r["label"] == "caps"), None)
+        if caps is None:
+            raise ValueError(f"{backbone}: no plain caps record to time the others against: add caps to --modes")
+        points[backbone] = [(r["label"], r["activation_vs_bp"], r["step_ms"] / caps["step_ms"]) for r in rows]
+    if not points:
+        raise ValueError("the records hold no memory figures against bp: bench.py needs the bp mode and no --no-memory")
+    return points
+
+
+def plot_cost_tradeoff(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The memory/time trade-off of bench.py's records (:func:`cost_tradeoff_points`), one panel per
+    backbone: a setting that buys memory with time sits up and to the left of plain caps (y = 1)."""
+    points = cost_tradeoff_points(records)
+    fig, axes = plt.subplots(1, len(points), figsize=(4.6 * len(points), 4.2), squeeze=False)
+    for ax, (backbone, variants) in zip(axes[0], points.items()):
+        for label, x, y in variants:
+            ax.plot(x, y, "s" if label == "bp" else "o", color="C1" if label == "bp" else "C0")
+            ax.annotate(label.replace("caps-lean", "lean").replace("lean_", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(1, color="grey", linewidth=0.5)
+        ax.set(xlabel="activation memory / bp's", ylabel="step time / plain caps's", title=backbone)
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _finish(fig, path)
+
+
 FIGURES = {
     "errors.png": plot_errors,
     "orthogonality_sparsity.png": plot_orthogonality_sparsity,

@@ -20,6 +20,8 @@ import torch
 
 from capsmm.benchmark import DEFAULT_OPTIONS, BENCH_MODES, DATASET_SHAPES, OPTIONS, markdown_table, measure_backbone, parse_options
 from capsmm.cli import OneLineArgumentParser, guarded
+from capsmm.errors import ConfigError
+from capsmm.plotting import plot_cost_tradeoff
 from capsmm.training import resolve_device
 
 
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--no-floor", action="store_true", help="skip the per-layer backward floor")
     parser.add_argument("--json", type=Path, help="write the records as a JSON list here")
+    parser.add_argument("--plot", type=Path, help="draw the memory/time trade-off (activations vs bp, step vs caps) into this PNG; "
+                        "needs the modes bp and caps")
     return parser
 
 
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     option_sets = parse_options(args.options)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.plot and (not {"bp", "caps"} <= set(modes) or args.no_memory):
+        raise ConfigError("--plot draws memory against bp's and time against caps's: give --modes with bp and caps, without --no-memory")
     records, floors = [], {}
     for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
         rows, floor = measure_backbone(
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               "(whole-block recomputation can't go below it; train.lean_segments splits blocks into micro-batches)")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
+    if args.plot:
+        print(f"trade-off figure: {plot_cost_tradeoff(records, args.plot)}")
     return 0
 
 

@@ -13,6 +13,7 @@ import capsmm.profiling
 from capsmm.errors import ConfigError
 from capsmm.benchmark import backward_floor, measure_backbone, parse_options
 from capsmm.profiling import PhaseTimer, TensorMemoryMeter
+from capsmm.plotting import cost_tradeoff_points
 from conftest import load_script
 
 bench = load_script("bench")
@@ -65,8 +66,8 @@ def test_options_product():
 def test_bench_records_and_lean_memory(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code = bench.main(["--backbones", "vgg8", "--modes", "bp,caps,caps-full,caps-lean", "--width-mult", "0.25",
-                       "--batch-size", "32", "--iters", "2", "--warmup", "1", "--json", str(path)])
-    assert code == 0
+                       "--batch-size", "32", "--iters", "2", "--warmup", "1", "--json", str(path), "--plot", str(tmp_path / "tradeoff.png")])
+    assert code == 0 and (tmp_path / "tradeoff.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "| vgg8 | caps-lean |" in out and "backward floor" in out
     records = {r["mode"]: r for r in json.loads(path.read_text())}
@@ -80,6 +81,13 @@ def test_bench_records_and_lean_memory(tmp_path, capsys):
     # the floor is one block's own working set: a lower bound of what lean measured, above zero
     assert 0 < records["caps-lean"]["lean_floor_mib"] <= records["caps-lean"]["activation_mib"]
     assert "lean floor: block" in out
+    # the trade-off figure's points: memory against bp's, time against plain caps's, from the same records
+    points = {label: (x, y) for label, x, y in cost_tradeoff_points(json.loads(path.read_text()))["vgg8"]}
+    assert points["caps"][1] == 1.0 and points["bp"][0] == 1.0
+    assert points["caps-lean"] == pytest.approx((records["caps-lean"]["activation_mib"] / records["bp"]["activation_mib"],
+                                                 records["caps-lean"]["step_ms"] / records["caps"]["step_ms"]))
+    assert bench.main(["--modes", "bp,caps-lean", "--plot", str(tmp_path / "no.png")]) == 2  # nothing to time against
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "no.png").exists()
 
 
 def test_lean_keep_is_a_lean_only_option(capsys):

@@ -28,6 +28,17 @@ def assert_one_line_error(err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def test_loading_every_script_prints_nothing():
+    """A one-line error must be the only line: nothing a script imports may print on its own (e.g.
+    torch's C++ extension builder warns when imported on a CUDA build without a GPU). One fresh
+    interpreter loads every script, as running it would, but without calling main."""
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    code = "import runpy, sys\nfor path in sys.argv[1:]:\n    runpy.run_path(path, run_name='loaded')\n"
+    done = subprocess.run([sys.executable, "-c", code, *map(str, scripts)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and len(scripts) >= 10, done.stderr
+    assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("argv, fragments", [
     (["--dataset", "imagenet"], ["unknown data.name 'imagenet'", "valid: cifar10, cifar100, digits, fashion-mnist, hf-disk, imagefolder, kmnist, mnist"]),
     (["--backbone", "resnet50"], ["unknown model.backbone 'resnet50'", "mlp", "vgg19"]),
