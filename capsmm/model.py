@@ -69,6 +69,27 @@ class BlockPass(NamedTuple):
 
 #: ``train.amp`` value -> autocast dtype (``none``: full precision)
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
+#: every ``train.amp`` value: the dtypes, and ``auto`` (:func:`resolve_amp`)
+AMP_CHOICES = (*AMP_DTYPES, "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CPU with AVX512-BF16 or AMX-BF16 (read
+    from the CPU's flags, not assumed), a CUDA GPU that supports bf16 without emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    capabilities = torch.cpu.get_capabilities() if device.type == "cpu" else {}
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` as run on ``device``: ``auto`` is ``bf16`` where the device computes bfloat16
+    natively (:func:`native_bf16`), ``none`` elsewhere, where emulated bf16 is slower than float32.
+    The measurements behind it (time per epoch and test error, bf16 against float32) are in
+    docs/performance.md."""
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"unknown train.amp '{amp}'; valid: {', '.join(AMP_CHOICES)}")
+    return ("bf16" if native_bf16(device) else "none") if amp == "auto" else amp
 
 
 class CAPModel(nn.Module):

@@ -409,5 +409,6 @@ class Trainer:
             "epochs": len(self.history),
             "wall_seconds": self.wall_seconds,
             "device": str(self.device),
+            "amp": self.strategy.amp,
             "torch": torch.__version__,
         }) | {"config": self.run_config}  # the config exactly as given (never rounded: resuming compares it)

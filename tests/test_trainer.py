@@ -246,6 +246,17 @@ def test_speed_options_do_not_change_the_result(tmp_path, option, rel):
         assert b[0]["train_loss"] != a[0]["train_loss"]  # the option did change the arithmetic
 
 
+@pytest.mark.parametrize("flags, expected", [({}, "none"), ({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16")])
+def test_amp_auto_trains_in_bf16_exactly_where_the_cpu_computes_it(tmp_path, monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False, "avx2": True, **flags})
+    small = {"data.train_subset": 128, "data.test_subset": 64, "train.epochs": 1}
+    runs = {"auto": "auto", "named": expected, "other": "bf16" if expected == "none" else "none"}
+    results = {name: train(digits_config(tmp_path / name, **small, **{"train.amp": amp}), log=quiet) for name, amp in runs.items()}
+    assert results["auto"]["amp"] == expected and results["auto"]["config"]["train"]["amp"] == "auto"  # the saved config keeps 'auto'
+    losses = [read_metrics(tmp_path / name)[0]["train_loss"] for name in runs]
+    assert losses[0] == losses[1] != losses[2]  # the arithmetic of the precision it resolved to, not of the other
+
+
 def test_lean_rejects_modes_that_keep_the_gradient(tmp_path):
     with pytest.raises(ConfigError, match="lean needs caps, local or a layer-local peer"):
         train(digits_config(tmp_path, **{"train.memory": "lean", "train.mode": "caps:0.5,caps-full"}), log=quiet)

@@ -20,7 +20,7 @@ from ..encoder import ENCODERS, encoder_modality, encoder_options
 from ..errors import ConfigError
 from ..ff import FF_DEFAULTS, GOODNESS, PREDICTORS
 from ..layers import ACTIVATIONS
-from ..model import AMP_DTYPES
+from ..model import AMP_CHOICES
 from ..modes import ModeSchedule
 from ..prototypes import HEADS
 from ..readout import READOUT_NORMS
@@ -181,7 +181,8 @@ class TrainConfig:
                          check=one_of(ADAM_IMPLS))
     channels_last: bool = opt('channels-last memory format for conv backbones', False)
     compile: bool = opt('torch.compile the model (standard memory only)', False)
-    amp: str = opt('autocast dtype of blocks, readouts and head: none or bf16', "none", check=one_of(tuple(AMP_DTYPES)))
+    amp: str = opt('autocast dtype of blocks, readouts and head: none, bf16, or auto (bf16 where the device computes it natively: '
+                   'a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16; else none)', "none", check=one_of(AMP_CHOICES))
     eval_batch_size: int = opt('batch size for evaluation', 1000, check=in_range(1, 2**24, open_high=False))
     diagnostics_every: int = opt('every N epochs (and at the last), write diagnostics (orthogonality, sparsity, gradient cosine, scale, per-block accuracy) to metrics.jsonl; 0 = off', 0,
                                  check=non_negative)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..distributed import DistContext
 from ..encoder import without_graph
 from ..errors import ConfigError
+from ..model import resolve_amp
 from ..profiling import PhaseTimer, phase_of
 
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
@@ -173,7 +174,9 @@ class Strategy(ABC):
         self.train_config = train
         self.device = device
         self.dist = dist
-        model.set_precision(train.amp)
+        #: the precision the steps run in (``train.amp`` with ``auto`` resolved on this device)
+        self.amp = resolve_amp(train.amp, device)
+        model.set_precision(self.amp)
         if train.channels_last:
             model.to(memory_format=torch.channels_last)
         self.optimizer = optimizer or make_optimizer(self.parameter_groups(), train)
