@@ -53,6 +53,18 @@ def test_pooled_folds_make_one_row_and_pair_on_fold_and_seed():
     assert pair["replicates"] == [[0, ["ann"]], [0, ["bob"]]] and pair["differences"] == pytest.approx([0.05, 0.05])
 
 
+def test_a_run_finished_before_a_key_existed_reads_as_made_with_its_default():
+    """The comparison printed after training reads finished runs' saved configs: one written before
+    train.lean_segments and the optimiser keys existed must not seem to differ in them."""
+    old, new = [fake("bp", seed, 0.1 + seed / 100) for seed in range(2)], [fake("caps", seed, 0.12) for seed in range(2)]
+    for run in old:
+        saved = {k: v for k, v in run.results["config"]["train"].items() if k not in ("lean_segments", "optimizer", "momentum")}
+        run.results["config"]["train"] = saved
+    records = [record_of(run.results) for run in old + new]
+    assert records[0].config["train.lean_segments"] == 1 and records[0].config["train.optimizer"] == "adam"
+    assert "also differ" not in comparison_report(records, ["train.mode=bp"])
+
+
 def test_a_key_set_together_with_the_compared_one_travels_with_it():
     """A sweep that zips each mode with its own activation (the peers' recipes): the pairs are
     caps against predsim on the same seed, and that table (not caps against bp) says that they
@@ -135,7 +147,7 @@ def test_every_metric_name_a_run_writes_has_one_documented_meaning(tmp_path):
     results = tiny(tmp_path)
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     # every key is a documented figure or one of these descriptions of the run: no filter lets a new name through
-    described = {"backbone", "config", "dataset", "device", "epoch", "epochs", "lr", "mode", "params_by_part", "peak_memory_method", "torch"}
+    described = {"amp", "backbone", "config", "dataset", "device", "epoch", "epochs", "lr", "mode", "params_by_part", "peak_memory_method", "torch"}
     assert (set(results) | set(metrics)) - described == set(METRIC_NAMES)
     assert results["step_ms"] >= results["forward_ms"] + results["optimizer_ms"]  # the whole step, not the optimiser's part
     documented = (ROOT / "docs" / "metrics.md").read_text()
