@@ -242,7 +242,7 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
         record: dict[str, Any] = {
             "backbone": backbone, "mode": variant.mode, "label": variant.label, "options": variant.options,
             "dataset": dataset, "batch_size": batch_size, "width_mult": width_mult, "device": str(device),
-            "params_m": count_parameters(variant.model)["total"] / 1e6,
+            "params_m": count_parameters(variant.model)["total"] / 1e6, "amp": variant.strategy.amp,
         }
         record.update({key: statistics.median(values) for key, values in variant.times.items()})
         record["predict_ms"] = predict_ms(variant.model, images)
@@ -265,14 +265,15 @@ def measure_backbone(backbone: str, modes: Sequence[str], option_sets: Sequence[
     return records, floor_figures
 
 
-def _same_speed_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_speed_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two variants ran with the same speed options, the lean-only ones aside (what ratios pair on)."""
     return {k: v for k, v in a.items() if k not in LEAN_OPTIONS} == {k: v for k, v in b.items() if k not in LEAN_OPTIONS}
 
 
 def _add_ratios(records: list[dict[str, Any]]) -> None:
     """Ratios of every record to ``bp`` with the same options (when measured)."""
     for record in records:
-        reference = next((r for r in records if r["mode"] == "bp" and _same_speed_options(r["options"], record["options"])), None)
+        reference = next((r for r in records if r["mode"] == "bp" and same_speed_options(r["options"], record["options"])), None)
         if reference is None:
             continue
         for key in ("forward_ms", "backward_ms", "step_ms", "predict_ms", "peak_memory_mib", "activation_mib"):

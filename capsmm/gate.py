@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-#: the patterns a calibration keeps from its first pass for its second (beyond: the second recomputes them)
+#: bytes of patterns (on the model's device) a calibration keeps from its first pass for its second; beyond, the second recomputes them
 CALIBRATION_CACHE_BYTES = 512 * 2**20
 #: the clean typicality quantile above which a gate is fully open
 OPEN_QUANTILE = 0.05

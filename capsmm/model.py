@@ -78,8 +78,12 @@ def native_bf16(device: torch.device) -> bool:
     from the CPU's flags, not assumed), a CUDA GPU that supports bf16 without emulation."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    capabilities = torch.cpu.get_capabilities() if device.type == "cpu" else {}
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    if device.type != "cpu":
+        return False
+    if hasattr(torch.cpu, "get_capabilities"):  # torch >= 2.10
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()  # older torch: the same flags
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from .benchmark import same_speed_options
+from .errors import ConfigError
 from .run_records import RunRecord, cell_label, cells, varying_keys
 
 
@@ -230,16 +232,19 @@ def plot_evaluations(runs: Sequence[RunRecord], path: Path) -> Path:
 
 def cost_tradeoff_points(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
     """Per backbone, each of bench.py's variants as (label, activation memory / bp's, step time /
-    plain caps's): both ratios from one side-by-side run."""
+    plain caps's), both against the bp and caps measured with the same speed options (amp, channels
+    last...; the lean options aside) in the same side-by-side run."""
     points: dict[str, list[tuple[str, float, float]]] = {}
     for backbone in dict.fromkeys(r["backbone"] for r in records if "activation_vs_bp" in r):
-        rows = [r for r in records if r["backbone"] == backbone and "activation_vs_bp" in r]
-        caps = next((r for r in rows if r["label"] == "caps"), None)
-        if caps is None:
-            raise ValueError(f"{backbone}: no plain caps record to time the others against: add caps to --modes")
-        points[backbone] = [(r["label"], r["activation_vs_bp"], r["step_ms"] / caps["step_ms"]) for r in rows]
+        points[backbone] = []
+        for r in (r for r in records if r["backbone"] == backbone and "activation_vs_bp" in r):
+            caps = next((c for c in records if c["backbone"] == backbone and c["mode"] == "caps"
+                         and same_speed_options(c["options"], r["options"])), None)
+            if caps is None:
+                raise ConfigError(f"{backbone}: no caps record with the options of '{r['label']}' to time it against: add caps to --modes")
+            points[backbone].append((r["label"], r["activation_vs_bp"], r["step_ms"] / caps["step_ms"]))
     if not points:
-        raise ValueError("the records hold no memory figures against bp: bench.py needs the bp mode and no --no-memory")
+        raise ConfigError("the records hold no memory figures against bp: bench.py needs the bp mode and no --no-memory")
     return points
 
 

@@ -141,6 +141,8 @@ class Trainer:
             "history": self.history,
             "wall_seconds": self.wall_seconds,
             "streams": STREAMS_VERSION,
+            "amp": self.strategy.amp,
+            "evaluated": sorted(self.evaluated_keys),
         })
 
     def _restore(self) -> int:
@@ -156,6 +158,10 @@ class Trainer:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: the config differs ({details}); rerun with the original settings")
+        if state.get("amp", self.strategy.amp) != self.strategy.amp:  # train.amp=auto resolves by device
+            raise CheckpointError(f"cannot resume {self.checkpoint_path}: its epochs ran in precision {state['amp']}, and train.amp="
+                                  f"{self.train_config.amp} is {self.strategy.amp} on {self.device}; resume it on a device that computes "
+                                  f"{state['amp']} natively, or start it over with --force")
         self._check_schedule([record["mode"] for record in state["history"]], saved.get("train.epochs"))
         self._check_lr_history(len(state["history"]), saved.get("train.epochs"))
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that wrote it
@@ -164,6 +170,7 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         set_rng_state(states[self.dist.rank])
         self.history = list(state["history"])
+        self.evaluated_keys = set(state.get("evaluated", ()))  # the results of a run with no epoch left to train need them
         self.wall_seconds = float(state["wall_seconds"])
         self._rewrite_metrics()
         return int(state["epoch"])

@@ -21,7 +21,6 @@ import torch
 from capsmm.benchmark import DEFAULT_OPTIONS, BENCH_MODES, DATASET_SHAPES, OPTIONS, markdown_table, measure_backbone, parse_options
 from capsmm.cli import OneLineArgumentParser, guarded
 from capsmm.errors import ConfigError
-from capsmm.plotting import plot_cost_tradeoff
 from capsmm.training import resolve_device
 
 
@@ -91,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     if args.plot:
+        from capsmm.plotting import plot_cost_tradeoff  # matplotlib only when a figure is asked for
+
         print(f"trade-off figure: {plot_cost_tradeoff(records, args.plot)}")
     return 0
 

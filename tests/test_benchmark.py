@@ -11,7 +11,7 @@ from torch import nn
 import capsmm.benchmark
 import capsmm.profiling
 from capsmm.errors import ConfigError
-from capsmm.benchmark import backward_floor, measure_backbone, parse_options
+from capsmm.benchmark import DEFAULT_OPTIONS, backward_floor, measure_backbone, parse_options
 from capsmm.profiling import PhaseTimer, TensorMemoryMeter
 from capsmm.plotting import cost_tradeoff_points
 from conftest import load_script
@@ -88,6 +88,22 @@ def test_bench_records_and_lean_memory(tmp_path, capsys):
                                                  records["caps-lean"]["step_ms"] / records["caps"]["step_ms"]))
     assert bench.main(["--modes", "bp,caps-lean", "--plot", str(tmp_path / "no.png")]) == 2  # nothing to time against
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "no.png").exists()
+
+
+def test_the_tradeoff_times_each_variant_against_caps_with_its_own_speed_options():
+    def record(mode, label, amp, step, activation, lean_segments=1):
+        return {"backbone": "vgg11", "mode": mode, "label": label, "step_ms": step, "activation_vs_bp": activation,
+                "options": dict(DEFAULT_OPTIONS, amp=amp, lean_segments=lean_segments)}
+
+    records = [record("bp", "bp", "none", 10.0, 1.0), record("caps", "caps", "none", 8.0, 1.1),
+               record("caps-lean", "caps-lean lean_segments=2", "none", 12.0, 0.4, 2),
+               record("bp", "bp amp=bf16", "bf16", 6.0, 1.0), record("caps", "caps amp=bf16", "bf16", 4.0, 1.1),
+               record("caps-lean", "caps-lean amp=bf16 lean_segments=2", "bf16", 5.0, 0.4, 2)]
+    points = {label: y for label, _, y in cost_tradeoff_points(records)["vgg11"]}
+    assert points == {"bp": 1.25, "caps": 1.0, "caps-lean lean_segments=2": 1.5,
+                      "bp amp=bf16": 1.5, "caps amp=bf16": 1.0, "caps-lean amp=bf16 lean_segments=2": 1.25}
+    with pytest.raises(ConfigError, match="no caps record with the options of 'bp amp=bf16'"):
+        cost_tradeoff_points([r for r in records if r["label"] != "caps amp=bf16"])
 
 
 def test_lean_keep_is_a_lean_only_option(capsys):

@@ -28,7 +28,7 @@ CHOICES = {
     "data.name": lambda: DATASETS.names(), "image.name": lambda: DATASETS.names(), "audio.name": lambda: AUDIO_DATASETS.names(),
     "model.backbone": lambda: ENCODERS.names(), "image_model.backbone": lambda: ENCODERS.names(),
     "audio_model.backbone": lambda: ENCODERS.names(), "train.memory": lambda: ["standard", "lean"],
-    "train.parallel": lambda: ["data", "blocks"], "train.amp": lambda: ["none", "bf16"],
+    "train.parallel": lambda: ["data", "blocks"], "train.amp": lambda: ["none", "bf16", "auto"],
     "model.readout_norm": lambda: ["batchnorm", "layernorm", "none"], "model.head": lambda: ["cosine", "template"],
     "train.lean_segments": lambda: ["auto"],
 }

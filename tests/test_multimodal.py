@@ -262,6 +262,11 @@ def test_a_corrupted_modality_leaves_the_joint_prediction_to_the_clean_one(tmp_p
     corrupted, alone = results["corrupted_error"], results["test_error_by_modality"]
     epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert ["corrupted_error" in e for e in epochs] == [False, False, False, True]  # the trained model's figures: last epoch only
+    (tmp_path / "results.json").unlink()  # killed after the last checkpoint, before its results: resuming trains nothing
+    resumed = fit_multimodal(joint("caps"), train, test, small_train(epochs=4), tmp_path, run_config={}, summary={}, anchor="audio",
+                             log=lambda _: None, resume=True)
+    assert {k: resumed[k] for k in ("corrupted_error", "ungated_error", "test_error_by_modality", "retrieval")} == {
+        k: results[k] for k in ("corrupted_error", "ungated_error", "test_error_by_modality", "retrieval")}
     assert set(corrupted) == {"audio=noise", "audio=silence", "audio=tones", "image=noise", "image=blank"}
     for name, error in corrupted.items():  # docs/multimodal.md: "exactly the clean modality's error alone"
         clean = alone["image" if name.startswith("audio") else "audio"]

@@ -257,6 +257,15 @@ def test_amp_auto_trains_in_bf16_exactly_where_the_cpu_computes_it(tmp_path, mon
     assert losses[0] == losses[1] != losses[2]  # the arithmetic of the precision it resolved to, not of the other
 
 
+def test_a_run_begun_in_bf16_by_auto_is_not_resumed_in_float32_on_another_device(tmp_path, monkeypatch):
+    small = {"data.train_subset": 128, "data.test_subset": 64, "train.amp": "auto"}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    train(digits_config(tmp_path, **small, **{"train.epochs": 1}), log=quiet)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
+    with pytest.raises(CheckpointError, match="its epochs ran in precision bf16, and train.amp=auto is none"):
+        train(digits_config(tmp_path, **small, **{"train.epochs": 2}), resume=True, log=quiet)
+
+
 def test_lean_rejects_modes_that_keep_the_gradient(tmp_path):
     with pytest.raises(ConfigError, match="lean needs caps, local or a layer-local peer"):
         train(digits_config(tmp_path, **{"train.memory": "lean", "train.mode": "caps:0.5,caps-full"}), log=quiet)
