@@ -22,7 +22,7 @@ from capsmm.strategies.block_parallel import split_blocks
 from conftest import ROOT
 
 TINY = ["--dataset", "digits", "--batch-size", "64", "--train-subset", "256", "--test-subset", "100", "--device", "cpu",
-        "--set", "model.hidden=64", "--set", "model.dropout=0", "--set", "model.readout_norm=layernorm", "--no-progress"]
+        "--set", "model.hidden=64", "--set", "model.dropout=0", "--set", "model.readout_norm=layernorm", "--set", "train.amp=none", "--no-progress"]
 
 
 def free_port() -> int:
