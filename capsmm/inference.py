@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint
 from .config import RunConfig, config_from_saved, multimodal_schema
 from .data.batches import Normalize
 from .errors import CapsmmError, CheckpointError, DataError
-from .model import CAPModel, CAPOutput
+from .model import CAPModel, CAPOutput, resolve_amp
 from .modes import ModeSchedule
 from .pipeline import PIPELINE, PIPELINE_FORMAT, describe_inputs
 from .registry import Registry
@@ -370,7 +370,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data_ro
 
     Vision, multimodal (any fusion; a gated joint model predicts gated, as in training) and
     class-incremental runs (the model after the last task). The model runs in the last mode of its
-    training schedule. ``data_root``: where the training data lies, needed only for a run written
+    training schedule, and in the precision its run was trained and tested in (``amp`` in
+    results.json: a run made in bf16 predicts in bf16 and reproduces its test error). ``data_root``: where the training data lies, needed only for a run written
     before ``input_pipeline.json`` existed.
 
     Raises:
@@ -400,6 +401,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data_ro
     if kind == "multimodal" and isinstance(model, CAPModel) and model.gate is not None and config.multimodal.gate:
         model.gated = True
     target = resolve_device(str(device))
+    model.set_precision(results.get("amp") or resolve_amp(config.train.amp, target))  # results of older runs lack "amp"
     model.to(target).eval()
     classes = next(iter(pipelines.values()))["classes"]
     return TrainedModel(model, list(classes), {k: pipelines[k] for k in sorted(pipelines)}, config, run_dir, kind, target)

@@ -17,14 +17,16 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest -n N: the cores are shar
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
-@pytest.fixture(autouse=True)
-def float32_unless_a_test_asks(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def float32_unless_a_test_asks():
     """``train.amp`` defaults to ``auto``, bf16 on a CPU with AVX512-BF16 or AMX: the suite's exactness
-    and learning claims are float32 claims, so in-process runs see a CPU without bf16 unless a test
-    patches the capabilities itself (subprocess runs that compare with in-process ones name
-    ``train.amp=none``)."""
+    and learning claims are float32 claims, so in-process runs (and the session's shared fixtures)
+    see a CPU without bf16 unless a test patches the capabilities itself. Runs in other processes
+    that compare with in-process ones name ``train.amp=none``."""
     flags = {k: v for k, v in torch.cpu.get_capabilities().items() if "bf16" not in k}
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+        yield
 
 
 def load_script(name: str) -> ModuleType:

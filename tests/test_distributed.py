@@ -117,7 +117,7 @@ def block_parallel_worker(rank, world, port, kind, micro_batches, out_dir):
     spec = dict(SPEC)
     mode = "caps" if kind == "caps" else "bp"
     model = build_model(spec.pop("backbone"), mode=mode, **spec)
-    train = TrainConfig(mode=mode, parallel="blocks", micro_batches=micro_batches)
+    train = TrainConfig(amp="none", mode=mode, parallel="blocks", micro_batches=micro_batches)
     stage = build_strategy(model, train, torch.device("cpu"), DistContext(rank, world, rank))
     x, y = batch()
     loss, _ = stage.backward(x, y)

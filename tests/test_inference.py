@@ -43,6 +43,17 @@ def digit_image(index=0):
     return (load_digits(None, None).test.images[index, 0].numpy())
 
 
+def test_a_run_trained_in_bf16_is_loaded_in_bf16_and_reproduces_its_test_error(tmp_path):
+    [config] = build_runs(None, ["data.name=digits", "train.mode=caps", f"out={tmp_path}", "train.amp=bf16", *TINY])
+    recorded = train(config, log=lambda line: None)
+    trained, digits = capsmm.load_run(tmp_path), load_digits(None, None)
+    probabilities = trained.predict({"image": digits.test.images})["probabilities"]
+    assert recorded["amp"] == "bf16" and trained.model.amp == "bf16"
+    assert (probabilities.argmax(1) != digits.test.labels).float().mean().item() == pytest.approx(recorded["test_error"], abs=1e-6)
+    trained.model.set_precision("none")  # float32 would predict differently: the precision is what makes them equal
+    assert not torch.equal(trained.predict({"image": digits.test.images})["probabilities"], probabilities)
+
+
 def test_load_run_gives_the_trained_model_and_its_pipeline(vision_run):
     trained = capsmm.load_run(vision_run)
     assert trained.kind == "vision" and trained.modalities == ("image",) and not trained.model.training

@@ -43,7 +43,7 @@ def micro_batch_worker(rank, world, port, out_dir):
     result = {}
     for norm in ("batchnorm", "layernorm"):
         model = caps_model(norm)
-        stage = build_strategy(model, TrainConfig(mode="caps", parallel="blocks", micro_batches=8), torch.device("cpu"),
+        stage = build_strategy(model, TrainConfig(amp="none", mode="caps", parallel="blocks", micro_batches=8), torch.device("cpu"),
                                DistContext(rank, world, rank))
         loss, _ = stage.backward(x, y)
         result[norm] = {"sizes": [len(piece) for _, piece, _ in stage.chunks(x, y)], "loss": None if loss is None else loss.item(),
@@ -92,7 +92,7 @@ def test_data_parallel_refuses_a_global_batch_that_leaves_a_rank_one_sample(monk
 def checkpoint_worker(rank, world, port, out_dir):
     init_gloo(rank, world, port)
     model = caps_model("layernorm")
-    stage = build_strategy(model, TrainConfig(mode="caps", parallel="blocks"), torch.device("cpu"), DistContext(rank, world, rank))
+    stage = build_strategy(model, TrainConfig(amp="none", mode="caps", parallel="blocks"), torch.device("cpu"), DistContext(rank, world, rank))
     x, y = last_batch()
     stage.step(x, y)  # Adam state to checkpoint
     torch.save({"state": stage.state_dict(), "optimizer": stage.optimizer.state_dict()}, out_dir / f"rank{rank}.pt")
@@ -161,7 +161,7 @@ def diagnostics_worker(rank, world, port, out_dir):
 
     init_gloo(rank, world, port, timeout_s=30)
     torch.nn.SyncBatchNorm.convert_sync_batchnorm = pool_batchnorm
-    train = TrainConfig(mode="caps", parallel="data", sync_batchnorm=True, diagnostics_every=1, epochs=1, batch_size=16, progress=False)
+    train = TrainConfig(amp="none", mode="caps", parallel="data", sync_batchnorm=True, diagnostics_every=1, epochs=1, batch_size=16, progress=False)
     strategy = build_strategy(caps_model("batchnorm"), train, torch.device("cpu"), DistContext(rank, world, rank))
     assert any(isinstance(m, PooledBatchNorm1d) for m in strategy.model.modules())
     x, y = last_batch()
