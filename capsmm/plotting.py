@@ -90,7 +90,12 @@ def plot_modality_errors(runs: Sequence[RunRecord], path: Path) -> Path:
             _line(ax, members, f"test_error_by_modality.{modality}", f"C{index}", label, "o-", 100)
         ax.set(xlabel="epoch", ylabel="test error (%)", title=f"{modality} alone (band: ± std over seeds)")
         ax.grid(alpha=0.3)
-    return _finish(fig, path)
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend under the panels, which show the same cells
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def plot_orthogonality_sparsity(runs: Sequence[RunRecord], path: Path) -> Path:
