@@ -12,7 +12,7 @@ from typing import Any
 
 from scipy import stats
 
-from .config import flatten_dict, shown, with_added_keys
+from .config import shown, with_added_keys
 from .errors import ConfigError, DataError
 from .run_records import RunRecord, cell_label, cells, short_key, varying_keys
 
@@ -21,7 +21,7 @@ def record_of(results: dict[str, Any]) -> RunRecord:
     """A :class:`RunRecord` from a results dict (as ``train`` returns it; a finished run's may predate
     keys added since, which read as the value the run was made with)."""
     config = results.get("config", {})
-    return RunRecord(Path(config.get("out") or "."), [], results, with_added_keys(flatten_dict(config)))
+    return RunRecord(Path(config.get("out") or "."), [], results, with_added_keys(config))
 
 
 def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import INCIDENTAL_SUFFIXES, flatten_dict, shown, with_added_keys
+from .config import INCIDENTAL_SUFFIXES, shown, with_added_keys
 from .errors import DataError
 
 #: config keys that never tell two runs' methods apart: where they ran, how they were shown and named
@@ -88,7 +88,7 @@ def read_run(path: str | Path) -> RunRecord:
                 raise DataError(f"{file}: unreadable evaluation ({error}); run evaluate.py again") from None
         if evaluations:
             results = results | {"evaluation": evaluations}
-    return RunRecord(path, metrics, results, with_added_keys(flatten_dict(config)))
+    return RunRecord(path, metrics, results, with_added_keys(config))
 
 
 def run_folders(root: Path) -> list[Path]:

@@ -152,7 +152,7 @@ class Trainer:
             raise CheckpointError(f"cannot resume {self.checkpoint_path}: it was written by a capsmm that drew its random streams "
                                   "(batch order, subsets, pairing, augmentation) another way, so the rest of the run would not be "
                                   "the run it began; finish it with that capsmm, or start it over with --force")
-        saved, current = with_added_keys(flatten_dict(state["config"])), flatten_dict(self.run_config)
+        saved, current = with_added_keys(state["config"]), flatten_dict(self.run_config)
         changed = sorted(k for k in saved.keys() | current.keys()
                          if k != "out" and not k.endswith(RESUMABLE_SUFFIXES) and saved.get(k) != current.get(k))
         if changed:
@@ -287,7 +287,7 @@ class Trainer:
             saved = json.loads((self.out_dir / RESULTS).read_text())
         except (OSError, ValueError):
             return None
-        same = {k: v for k, v in with_added_keys(flatten_dict(saved.get("config", {}))).items() if not k.endswith(INCIDENTAL_SUFFIXES)} == {
+        same = {k: v for k, v in with_added_keys(saved.get("config", {})).items() if not k.endswith(INCIDENTAL_SUFFIXES)} == {
             k: v for k, v in flatten_dict(self.run_config).items() if not k.endswith(INCIDENTAL_SUFFIXES)}
         return saved if same and saved.get("epochs") == self.train_config.epochs else None
 

@@ -34,9 +34,10 @@ ADDED_KEYS: dict[str, Any] = {
 }
 
 
-def with_added_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    """A flattened saved config with every :data:`ADDED_KEYS` key it lacks (of the sections it has) at
-    the value its run was made with."""
+def with_added_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved (nested) run config, flattened (:func:`flatten_dict`), with every :data:`ADDED_KEYS`
+    key it lacks (of the sections it has) at the value its run was made with."""
+    flat = flatten_dict(saved)
     sections = {key.partition(".")[0] for key in flat}
     return {k: v for k, v in ADDED_KEYS.items() if k.partition(".")[0] in sections} | flat
 
