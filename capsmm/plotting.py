@@ -19,14 +19,18 @@ from .errors import ConfigError
 from .run_records import RunRecord, cell_label, cells, varying_keys
 
 
-def _finish(fig: plt.Figure, path: Path, **legend: object) -> Path:
+def _finish(fig: plt.Figure, path: Path, *, shared_legend: bool = False, **legend: object) -> Path:
+    """Legends, integer epoch ticks, layout, save, close. ``shared_legend``: the panels show the same
+    lines, so one legend (the first panel's) goes under them instead of one per panel."""
     for ax in fig.axes:
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend_handles_labels()[0] and not shared_legend:
             ax.legend(**{"fontsize": 8, **legend})
         if ax.get_xlabel() in ("epoch", "block"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if shared_legend:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight" if shared_legend else None)
     plt.close(fig)
     return path
 
@@ -90,12 +94,7 @@ def plot_modality_errors(runs: Sequence[RunRecord], path: Path) -> Path:
             _line(ax, members, f"test_error_by_modality.{modality}", f"C{index}", label, "o-", 100)
         ax.set(xlabel="epoch", ylabel="test error (%)", title=f"{modality} alone (band: ± std over seeds)")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend under the panels, which show the same cells
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _finish(fig, path, shared_legend=True)
 
 
 def plot_orthogonality_sparsity(runs: Sequence[RunRecord], path: Path) -> Path:
