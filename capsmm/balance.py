@@ -62,6 +62,9 @@ from .strategies import Strategy
 
 #: ``multimodal.modulation`` values: none, OGM (scaled gradients), OGM-GE (scaled, plus Gaussian noise)
 MODULATIONS = ("none", "ogm", "ogm-ge")
+#: the slice-loss weight ``multimodal.slice_loss_weight=auto`` (the default) gives where slice losses apply:
+#: the best of docs/multimodal.md's balance study (methods x fusions, 3 seeds, audio options off and on)
+AUTO_SLICE_LOSS_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,17 @@ def refusal(settings: BalanceSettings, *, fusion: str, modalities: Sequence[str]
         if mode_spec(mode).family not in CAP_FAMILIES or mode == "local":
             return f"{what} scores each modality's slices with the global head, which train.mode {mode} does not train (use caps, caps-full or bp)"
     return None
+
+
+def auto_slice_loss_weight(*, fusion: str, modalities: Sequence[str], modes: Sequence[str], extending: bool) -> float:
+    """What ``multimodal.slice_loss_weight=auto`` means for a run: :data:`AUTO_SLICE_LOSS_WEIGHT` where
+    slice losses apply (:func:`refusal` has nothing against them: joint or concat-bp fusion, two or more
+    modalities, modes caps, caps-full or bp), else 0.
+
+    A run that extends a trained model (``multimodal.extend_from``) gets 0: the study did not measure
+    it, and such a run keeps the trained modalities' predictions bit-identical either way."""
+    applies = not extending and refusal(BalanceSettings(AUTO_SLICE_LOSS_WEIGHT), fusion=fusion, modalities=modalities, modes=modes) is None
+    return AUTO_SLICE_LOSS_WEIGHT if applies else 0.0
 
 
 def discrepancy_coefficients(scores: Tensor, alpha: float) -> Tensor:

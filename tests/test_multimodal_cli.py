@@ -1,8 +1,11 @@
 """scripts/train_multimodal.py: one-line errors, and small real runs (Fashion-MNIST x FSDD)."""
 
 import json
+from contextlib import nullcontext
 
 import pytest
+
+from capsmm.config import build_runs, multimodal_schema
 
 from conftest import load_script, run_script
 
@@ -25,7 +28,7 @@ def run(argv, capsys):
     (["--set", "multimodal.anchor=text"], "multimodal.anchor 'text' is not one of"),
     (["--set", "audio.sample_rate=fast"], "audio.sample_rate: expected an integer"),
     (["--set", "multimodal.modulation=ogmge"], "unknown multimodal.modulation 'ogmge' (did you mean 'ogm-ge'?); valid: none, ogm, ogm-ge"),
-    (["--set", "multimodal.slice_loss_weight=-1"], "multimodal.slice_loss_weight must be in [0, 100], got -1"),
+    (["--set", "multimodal.slice_loss_weight=-1"], "multimodal.slice_loss_weight must be a number in [0, 100] or 'auto', got -1"),
     (["--set", "multimodal.modulation_epochs=[5,2]"], "multimodal.modulation_epochs must be [first, last] epochs with 1 <= first <= last"),
     (["--fusion", "late", "--set", "multimodal.modulation=ogm-ge"], "late fusion trains each modality alone"),
     (["--mode", "local", "--set", "multimodal.slice_loss_weight=1"], "which train.mode local does not train"),
@@ -117,6 +120,8 @@ def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, cap
     assert set(results["test_error_by_modality"]) == {"audio", "image", "audio+image"}
     metrics = [json.loads(line) for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert "diagnostics" in metrics[-1]
+    # the default slice_loss_weight=auto trained with slice losses, and the saved config holds the number
+    assert results["config"]["multimodal"]["slice_loss_weight"] == 1.0 and "score" in metrics[-1]["modality_balance"]
     # subsets smaller than the folders keep every class; an image-only model then gains the audio
     code, _, err = run([*common, "--set", "multimodal.modalities=[image]", "--set", "multimodal.anchor=image",
                         "--train-subset", "10", "--out", str(tmp_path / "image")], capsys)
@@ -124,7 +129,27 @@ def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, cap
     code, _, err = run([*common, "--set", f"multimodal.extend_from={tmp_path / 'image'}", "--train-subset", "10",
                         "--out", str(tmp_path / "both")], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "both" / "results.json").read_text())["frozen_predictions_unchanged"] is True
+    extended = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert extended["frozen_predictions_unchanged"] is True and extended["config"]["multimodal"]["slice_loss_weight"] == 0.0
+
+
+@pytest.mark.parametrize("settings, weight", [
+    ([], 1.0),
+    (["multimodal.fusion=concat-bp", "train.mode=bp"], 1.0),
+    (["train.mode=caps:0.5,caps-full"], 1.0),
+    (["multimodal.fusion=late"], 0.0),
+    (["train.mode=local"], 0.0),
+    (["multimodal.modalities=[image]", "multimodal.anchor=image"], 0.0),
+    (["multimodal.extend_from=runs/an-image-model"], 0.0),
+    (["multimodal.slice_loss_weight=0.25"], 0.25),
+    (["multimodal.slice_loss_weight=0"], 0.0),
+])
+def test_the_default_slice_loss_weight_is_one_exactly_where_slice_losses_apply(settings, weight):
+    config = build_runs(None, settings, multimodal_schema())[0]
+    assert config.multimodal.slice_loss_weight == ("auto" if not any("slice_loss" in s for s in settings) else weight)
+    with pytest.raises(ValueError, match="validate the run config first") if config.multimodal.slice_loss_weight == "auto" else nullcontext():
+        config.multimodal.balance()
+    assert config.validate().multimodal.slice_loss_weight == weight == config.multimodal.balance().slice_loss_weight
 
 
 def test_balanced_joint_training_and_linear_probes_of_its_encoders(tmp_path, capsys):

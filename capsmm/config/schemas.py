@@ -94,6 +94,7 @@ class MultimodalRun:
         if peers and (len(mm.modalities) > 1 and mm.fusion != "late" or mm.extend_from):
             raise ConfigError(f"mode {peers[0]} (a layer-local peer) trains single-encoder models: use --fusion late, one modality, "
                               "or scripts/train_vision.py")
+        mm.resolve_slice_loss_weight(sorted(modes))
         balancing = balance_refusal(mm.balance(), fusion=mm.fusion, modalities=mm.modalities, modes=sorted(modes))
         if balancing:
             raise ConfigError(balancing)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..balance import MODULATIONS, BalanceSettings
+from ..balance import MODULATIONS, BalanceSettings, auto_slice_loss_weight
 from ..data import DATASETS
 from ..encoder import ENCODERS, encoder_modality, encoder_options
 from ..errors import ConfigError
@@ -153,6 +154,11 @@ def _segments_check(key: str, value: Any) -> str | None:
     return None if ok else f"{key} must be an integer in [1, 1048576] or 'auto', got {value!r}"
 
 
+def _slice_weight_check(key: str, value: Any) -> str | None:
+    ok = value == "auto" or (isinstance(value, float) and 0 <= value <= 100)
+    return None if ok else f"{key} must be a number in [0, 100] or 'auto', got {value!r}"
+
+
 @dataclass
 class TrainConfig:
     mode: str = opt('bp, caps, caps-full, local, the layer-local peers local-pred, local-sim, local-predsim, dgl, Forward-Forward ff, or a schedule '
@@ -221,9 +227,10 @@ class MultimodalConfig:
                        check=one_of(("class", "row")))
     modality_dropout: float = opt("probability that a training batch shows one randomly chosen modality only (joint fusion)", 0.0,
                                   check=in_range(0, 1))
-    slice_loss_weight: float = opt("joint or concat-bp: weight of each modality's slice loss (its cross-entropy scored on its own prototype "
-                                   "slices alone) added to the joint loss; 0 = off (docs/multimodal.md, balancing the modalities)", 0.0,
-                                   check=in_range(0, 100, open_high=False))
+    slice_loss_weight: float | str = opt("joint or concat-bp: weight of each modality's slice loss (its cross-entropy scored on its own "
+                                         "prototype slices alone) added to the joint loss; 0 = off. Default auto: 1 where it applies (fusion "
+                                         "joint or concat-bp, two or more modalities, mode caps, caps-full or bp, not extend_from), else 0: "
+                                         "the best method of docs/multimodal.md's balance study", "auto", check=_slice_weight_check)
     modulation: str = opt("joint or concat-bp: on-the-fly gradient modulation (Peng et al. 2022): ogm scales the leading modality's encoder "
                           "gradients down by its lead in true-class probability; ogm-ge also adds Gaussian noise; none = off", "none",
                           check=one_of(MODULATIONS))
@@ -235,8 +242,18 @@ class MultimodalConfig:
     gate: bool = opt("joint fusion: each modality's weight in the joint score follows how typical its pattern is (docs/multimodal.md)", True)
     extend_from: str | None = opt("run folder of a trained joint model: freeze it and train only the modalities it lacks", None)
 
+    def resolve_slice_loss_weight(self, modes: Sequence[str]) -> None:
+        """Replace ``slice_loss_weight=auto`` by the number it means for this run's fusion, modalities and
+        ``modes`` (:func:`capsmm.balance.auto_slice_loss_weight`), so that the config a run saves holds
+        the weight it trained with, whatever a later release's ``auto`` means."""
+        if self.slice_loss_weight == "auto":
+            self.slice_loss_weight = auto_slice_loss_weight(fusion=self.fusion, modalities=self.modalities, modes=modes,
+                                                            extending=bool(self.extend_from))
+
     def balance(self) -> BalanceSettings:
-        """The balancing settings these keys make (:mod:`capsmm.balance`)."""
+        """The balancing settings these keys make (:mod:`capsmm.balance`); ``slice_loss_weight`` resolved first."""
+        if not isinstance(self.slice_loss_weight, float):
+            raise ValueError("multimodal.slice_loss_weight is still 'auto': validate the run config first")
         return BalanceSettings(self.slice_loss_weight, self.modulation, self.modulation_alpha, tuple(self.modulation_epochs))
 
     def validate(self, prefix: str) -> None:
