@@ -55,10 +55,11 @@ AMP = ("none", "bf16")
 NORMS = ("batchnorm", "layernorm", "none")
 FROZEN = (False, True)
 PARALLEL = ("none", "data", "blocks-1", "blocks-2")
-#: multimodal balancing: none, per-modality slice losses, OGM-GE (with a strong alpha, so that it scales and perturbs)
+#: multimodal balancing: none, per-modality slice losses, OGM-GE (with a strong alpha, so that it scales and perturbs);
+#: the default, slice_loss_weight=auto, resolves to slice losses or none (tests/test_multimodal_cli.py)
 BALANCE = ("none", "slice", "ogm-ge")
-BALANCE_KEYS = {"none": {}, "slice": {"multimodal.slice_loss_weight": 0.5},
-                "ogm-ge": {"multimodal.modulation": "ogm-ge", "multimodal.modulation_alpha": 2.0}}
+BALANCE_KEYS = {"none": {"multimodal.slice_loss_weight": 0.0}, "slice": {"multimodal.slice_loss_weight": 0.5},
+                "ogm-ge": {"multimodal.slice_loss_weight": 0.0, "multimodal.modulation": "ogm-ge", "multimodal.modulation_alpha": 2.0}}
 
 BATCH, CLASSES, IN_SHAPE = 16, 5, (1, 8, 8)
 #: relative gradient difference under which a combination counts as exact (float32 summation order)
@@ -289,10 +290,12 @@ def run_distributed(combos: list[Combo]) -> dict[Combo, dict[str, Any]]:
     return merged
 
 
-def measure_all(batch: int = BATCH) -> dict[Combo, dict[str, Any]]:
+def measure(combos: list[Combo]) -> dict[Combo, dict[str, Any]]:
+    """Each of ``combos`` refused or measured: the single-process ones here, the distributed ones in one
+    launch of 2 gloo ranks (none when there are none)."""
     outcomes: dict[Combo, dict[str, Any]] = {}
     distributed = []
-    for combo in all_combos(batch):
+    for combo in combos:
         reason = refusal(combo)
         if reason:
             outcomes[combo] = {"refused": reason}
@@ -300,7 +303,8 @@ def measure_all(batch: int = BATCH) -> dict[Combo, dict[str, Any]]:
             distributed.append(combo)
         else:
             outcomes[combo] = compare(combo)
-    outcomes.update(run_distributed(distributed))
+    if distributed:
+        outcomes.update(run_distributed(distributed))
     return outcomes
 
 
@@ -335,4 +339,4 @@ def markdown(by_batch: dict[int, dict[Combo, dict[str, Any]]]) -> str:
 if __name__ == "__main__":
     sizes = [int(a) for a in sys.argv[1:]] or [BATCH]  # global batches to measure at (the test uses 16)
     print(f"MLP 4 x 32 units, pattern width 16, 5 classes; distributed: 2 gloo ranks; global batches {sizes}")
-    print(markdown({size: measure_all(size) for size in sizes}))
+    print(markdown({size: measure(all_combos(size)) for size in sizes}))
