@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,6 +45,7 @@ from capsmm.config import MultimodalRunConfig, RunConfig, TrainConfig, set_value
 from capsmm.distributed import DistContext  # noqa: E402
 from capsmm.errors import ConfigError  # noqa: E402
 from capsmm.strategies import build_strategy  # noqa: E402
+from conftest import spawn_ranks  # noqa: E402
 
 MODES = capsmm.modes.MODES  # bp, caps, caps-full, local and the layer-local peers
 MEMORY = ("standard", "lean", "lean-segments")
@@ -278,7 +278,7 @@ def _free_port() -> int:
 def run_distributed(combos: list[Combo]) -> dict[Combo, dict[str, Any]]:
     """Every distributed combination in one launch of 2 gloo ranks; per combination, the worst of the ranks."""
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_worker, args=(2, _free_port(), combos, folder), nprocs=2, join=True)
+        spawn_ranks(_worker, (2, _free_port(), combos, folder), nprocs=2)
         ranks = [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(2)]
     merged = {}
     for combo in combos:

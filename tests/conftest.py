@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,14 @@ def float32_unless_a_test_asks():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.cpu, "get_capabilities", lambda: flags)
         yield
+
+
+def spawn_ranks(worker, args: tuple, nprocs: int) -> None:
+    """``mp.spawn(worker, args, nprocs)`` with forked ranks: a forked rank inherits the imports of the
+    test process (torch, capsmm, the test module) where a spawned one imports them again, seconds per
+    rank and most of a small distributed test's time. Sound here: CPU only, no process group in the
+    parent, and the parent's patches (float32 above) hold in the ranks as in the test."""
+    mp.start_processes(worker, args=args, nprocs=nprocs, join=True, start_method="fork")
 
 
 def load_script(name: str) -> ModuleType:

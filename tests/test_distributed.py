@@ -1,5 +1,7 @@
 """torch.distributed on CPU (gloo): data-parallel equivalence, block-parallel CAPs gradients and traffic,
-a dying rank, and resuming a data-parallel run."""
+a dying rank, and resuming a data- or block-parallel run (under as many ranks as wrote it; one process
+is refused). Runs launch through torchrun itself (``torchrun``: the data-parallel fixture, the
+multimodal run) or as torchrun would start their ranks (``start_ranks``: one process less each)."""
 
 import os
 import signal
@@ -11,7 +13,6 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from capsmm import build_model, training_loss
@@ -19,7 +20,7 @@ from capsmm.config import TrainConfig
 from capsmm.distributed import DistContext
 from capsmm.strategies import build_strategy
 from capsmm.strategies.block_parallel import split_blocks
-from conftest import ROOT
+from conftest import ROOT, load_script, run_script, spawn_ranks
 
 TINY = ["--dataset", "digits", "--batch-size", "64", "--train-subset", "256", "--test-subset", "100", "--device", "cpu",
         "--set", "model.hidden=64", "--set", "model.dropout=0", "--set", "model.readout_norm=layernorm", "--set", "train.amp=none", "--no-progress"]
@@ -35,6 +36,33 @@ def torchrun(args, n=2, timeout=300):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                str(ROOT / "scripts" / "train_vision.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+TRAIN_VISION = str(ROOT / "scripts" / "train_vision.py")
+
+
+def start_ranks(args, world):
+    """``world`` processes of ``train_vision.py args`` joined as torchrun would join them."""
+    common = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    return [subprocess.Popen([sys.executable, TRAIN_VISION, *args], env={**common, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+
+
+def train_ranks(args, world=2):
+    """Train ``train_vision.py args`` on ``world`` ranks to the end; every rank must exit 0."""
+    ended = [(rank.communicate(timeout=300)[1], rank.returncode) for rank in start_ranks(args, world)]
+    assert [code for _, code in ended] == [0] * world, ended[0][0][-2000:]
+
+
+def assert_one_process_refused(args, out, parallel, capsys):
+    """Resuming the run in ``out``, written by 2 ranks, in one process: exit 2 with one line that says how
+    the checkpoint was written and how to resume it; the checkpoint is untouched."""
+    checkpoint = (out / "checkpoint.safetensors").read_bytes()
+    code, _, err = run_script(load_script("train_vision").main, [*args, "--out", str(out), "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"written by 2 ranks (train.parallel={parallel}), this run has 1 process" in err
+    assert "torchrun --nproc_per_node 2" in err and "--resume" in err
+    assert (out / "checkpoint.safetensors").read_bytes() == checkpoint
 
 
 def model_tensors(path):
@@ -68,10 +96,10 @@ def test_data_parallel_equals_one_process_on_the_same_global_batches(ddp_two_epo
     assert len((ddp_two_epochs / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_a_resumed_data_parallel_run_continues_from_its_checkpoint(ddp_two_epochs, tmp_path):
-    assert torchrun([*TINY, "--epochs", "1", "--out", str(tmp_path)]).returncode == 0
-    result = torchrun([*TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_a_resumed_data_parallel_run_continues_from_its_checkpoint_under_its_own_number_of_ranks(ddp_two_epochs, tmp_path, capsys):
+    train_ranks([*TINY, "--epochs", "1", "--out", str(tmp_path)])
+    assert_one_process_refused([*TINY, "--epochs", "2"], tmp_path, "data", capsys)
+    train_ranks([*TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
     resumed, straight = model_tensors(tmp_path), model_tensors(ddp_two_epochs)
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-7, msg=key)
@@ -128,7 +156,7 @@ def block_parallel_worker(rank, world, port, kind, micro_batches, out_dir):
 
 
 def run_ranks(world, kind, micro_batches, tmp_path):
-    mp.spawn(block_parallel_worker, args=(world, free_port(), kind, micro_batches, tmp_path), nprocs=world, join=True)
+    spawn_ranks(block_parallel_worker, (world, free_port(), kind, micro_batches, tmp_path), nprocs=world)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
 
@@ -164,14 +192,14 @@ def test_block_parallel_caps_gradients_equal_single_process_caps(world, micro_ba
     assert ranks[-1]["traffic"]["pattern_grads"] == (4 - head_blocks) * batch_size * width * floats
 
 
-def test_block_parallel_training_under_torchrun_equals_one_process_and_resumes(tmp_path):
+def test_block_parallel_training_equals_one_process_and_resumes_under_its_own_number_of_ranks(tmp_path, capsys):
     from capsmm.config import build_runs
     from capsmm.training import train
 
-    deep = [*TINY, "--set", "model.depth=4", "--set", "train.micro_batches=2"]
-    assert torchrun([*deep, "--set", "train.parallel=blocks", "--epochs", "1", "--out", str(tmp_path / "blocks")]).returncode == 0
-    result = torchrun([*deep, "--set", "train.parallel=blocks", "--epochs", "2", "--resume", "--out", str(tmp_path / "blocks")])
-    assert result.returncode == 0, result.stderr[-2000:]
+    block_parallel = [*TINY, "--set", "model.depth=4", "--set", "train.micro_batches=2", "--set", "train.parallel=blocks"]
+    train_ranks([*block_parallel, "--epochs", "1", "--out", str(tmp_path / "blocks")])
+    assert_one_process_refused([*block_parallel, "--epochs", "2"], tmp_path / "blocks", "blocks", capsys)
+    train_ranks([*block_parallel, "--epochs", "2", "--resume", "--out", str(tmp_path / "blocks")])
     overrides = [("data.name", "digits"), ("train.batch_size", 64), ("data.train_subset", 256), ("data.test_subset", 100),
                  ("train.device", "cpu"), ("model.hidden", 64), ("model.depth", 4), ("model.dropout", 0.0),
                  ("model.readout_norm", "layernorm"), ("train.progress", False), ("train.epochs", 2), ("out", str(tmp_path / "one"))]

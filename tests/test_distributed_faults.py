@@ -1,19 +1,17 @@
 """Distributed runs that fail (gloo on CPU): a lost peer is told from a bug by torch's and gloo's own
 errors, and leaves its traceback in the run folder; a non-finite loss on one rank stops every rank
-at the same step; a checkpoint is resumed only by as many ranks as wrote it."""
+at the same step. (A checkpoint resumed by another number of ranks than wrote it: the resume tests of
+tests/test_distributed.py.)"""
 
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import ROOT
-from test_distributed import TINY, free_port
+from conftest import spawn_ranks
+from test_distributed import free_port
 
 from capsmm.distributed import PeerFailure, communicate, is_peer_failure
 
@@ -56,7 +54,7 @@ def launched_worker(rank, port, scenario, out_dir):
 
 @pytest.mark.parametrize("scenario, cause", [("killed", "Connection (closed|reset) by peer"), ("silent", "Timed out waiting")])
 def test_a_dead_or_silent_peer_is_a_lost_peer_with_its_traceback_in_the_run_folder(scenario, cause, tmp_path):
-    mp.spawn(launched_worker, args=(free_port(), scenario, tmp_path), nprocs=2, join=True)
+    spawn_ranks(launched_worker, (free_port(), scenario, tmp_path), nprocs=2)
     seen = torch.load(tmp_path / "rank0.pt")
     assert seen["raised"] == PeerFailure.__name__, seen
     [log] = tmp_path.glob("capsmm-error-rank0-*.log")
@@ -67,7 +65,7 @@ def test_a_dead_or_silent_peer_is_a_lost_peer_with_its_traceback_in_the_run_fold
 
 
 def test_a_bug_in_a_distributed_run_surfaces_as_itself_with_its_traceback_in_the_run_folder(tmp_path):
-    mp.spawn(launched_worker, args=(free_port(), "bug", tmp_path), nprocs=2, join=True)
+    spawn_ranks(launched_worker, (free_port(), "bug", tmp_path), nprocs=2)
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt") == {"raised": "RuntimeError", "message": BUG}
         [log] = tmp_path.glob(f"capsmm-error-rank{rank}-*.log")
@@ -106,48 +104,9 @@ def nan_worker(rank, port, out_dir):
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step_with_one_line(tmp_path):
-    mp.spawn(nan_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
+    spawn_ranks(nan_worker, (free_port(), tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["raised"] == ranks[1]["raised"] == "TrainingError", ranks
     assert ranks[0]["message"] == ranks[1]["message"]
     assert "loss became nan in epoch 1 (by step 3)" in ranks[0]["message"] and "\n" not in ranks[0]["message"]
     assert abs(ranks[0]["at"] - ranks[1]["at"]) < 10, "the other rank waited for train.dist_timeout (30 s)"
-
-
-# ---------------------------------------------------------------------------- 7: resuming with another number of ranks
-
-TRAIN_VISION = str(ROOT / "scripts" / "train_vision.py")
-
-
-def start_ranks(args, world):
-    """``world`` processes of ``train_vision.py args`` joined as torchrun would join them."""
-    common = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    return [subprocess.Popen([sys.executable, TRAIN_VISION, *args], env={**common, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
-
-
-def one_line(err):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    return lines[0]
-
-
-def finish(ranks):
-    """(exit status, stderr) of every rank, once all have ended."""
-    errors = [rank.communicate(timeout=300)[1] for rank in ranks]
-    return [(rank.returncode, err) for rank, err in zip(ranks, errors)]
-
-
-@pytest.mark.parametrize("parallel, world", [("data", 1), ("blocks", 3)])
-def test_resuming_with_another_number_of_ranks_is_refused_in_one_line(parallel, world, tmp_path):
-    args = [*TINY, "--batch-size", "48", "--set", "model.depth=4", "--set", f"train.parallel={parallel}", "--out", str(tmp_path)]
-    assert [code for code, _ in finish(start_ranks([*args, "--epochs", "1"], 2))] == [0, 0]
-    checkpoint = (tmp_path / "checkpoint.safetensors").read_bytes()
-    resumed = finish(start_ranks([*args, "--epochs", "2", "--resume"], world))
-    this_run = "1 process" if world == 1 else f"{world} ranks"
-    for code, err in resumed:
-        line = one_line(err)
-        assert code == 2, line
-        assert f"written by 2 ranks (train.parallel={parallel}), this run has {this_run}" in line
-        assert "torchrun --nproc_per_node 2" in line and "--resume" in line
-    assert (tmp_path / "checkpoint.safetensors").read_bytes() == checkpoint

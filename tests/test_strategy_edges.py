@@ -6,7 +6,6 @@ import datetime
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from test_distributed import SPEC, free_port
 
 from capsmm import build_model, training_loss
@@ -14,6 +13,7 @@ from capsmm.config import TrainConfig, build_runs
 from capsmm.distributed import DistContext
 from capsmm.errors import ConfigError
 from capsmm.strategies import Setup, build_strategy, check_setup
+from conftest import spawn_ranks
 
 #: the last batch of an epoch of the digits' 1437 training samples in batches of 64
 LAST_BATCH = 1437 % 64
@@ -54,7 +54,7 @@ def micro_batch_worker(rank, world, port, out_dir):
 
 def test_block_parallel_cuts_a_29_sample_last_batch_into_8_micro_batches_of_at_least_2(tmp_path):
     """1437 samples in batches of 64 end with 29; chunk(8) cut it 7 x 4 + 1 and batch norm refused the 1."""
-    mp.spawn(micro_batch_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    spawn_ranks(micro_batch_worker, (2, free_port(), tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["batchnorm"]["sizes"] == [4, 4, 4, 4, 4, 3, 3, 3]
     assert ranks[1]["batchnorm"]["loss"] is not None and torch.isfinite(torch.tensor(ranks[1]["batchnorm"]["loss"]))
@@ -107,7 +107,7 @@ def tensors_in(obj):
 
 
 def test_block_parallel_checkpoint_state_is_gathered_to_rank_0_only(tmp_path):
-    mp.spawn(checkpoint_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    spawn_ranks(checkpoint_worker, (2, free_port(), tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[1]["state"] == {"model": {}, "optimizer": []}, "rank 1 writes no checkpoint: it receives nothing"
     gathered = ranks[0]["state"]
@@ -175,7 +175,7 @@ def diagnostics_worker(rank, world, port, out_dir):
 
 def test_data_parallel_diagnostics_run_on_every_rank_beside_sync_batchnorm(tmp_path):
     """Diagnostics on rank 0 alone waited forever in SyncBatchNorm's collective (here the gloo timeout)."""
-    mp.spawn(diagnostics_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    spawn_ranks(diagnostics_worker, (2, free_port(), tmp_path), nprocs=2)
     figures = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert figures[0]["gradient_cosine"]
     assert figures[1] == figures[0], "every rank computes the same figures on the same batch"
