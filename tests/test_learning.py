@@ -34,10 +34,11 @@ def test_narrow_vgg_learns_fashion_mnist(data_root, tmp_path, mode, measured):
     assert results["test_error"] < 1.5 * measured
 
 
+#: the CIFAR ResNets (20, 32, 56, 110 layers) come from one builder: tests/test_backbones.py checks the
+#: blocks and sizes of each, and two depths learn here (measured when written: resnet56 0.37, resnet110 0.36 at twice the time)
 @pytest.mark.parametrize("backbone, mode, options, measured", [
     ("resnet20", "bp", {"model.width_mult": 0.5}, 0.49), ("resnet20", "caps", {"model.width_mult": 0.5}, 0.28),
-    ("resnet32", "caps", {"model.width_mult": 0.5}, 0.33), ("resnet56", "caps", {"model.width_mult": 0.25}, 0.37),
-    ("resnet110", "caps", {"model.width_mult": 0.25}, 0.36), ("resnet18", "caps", {"model.width_mult": 0.125}, 0.30),
+    ("resnet56", "caps", {"model.width_mult": 0.25}, 0.37), ("resnet18", "caps", {"model.width_mult": 0.125}, 0.30),
     ("vit-tiny", "caps", {"model.depth": 4, "model.width_mult": 0.5, "model.dropout": 0.0, "train.lr": 1e-3}, 0.51)])
 def test_modern_backbones_learn_fashion_mnist(data_root, tmp_path, backbone, mode, options, measured):
     # 188 steps (2 epochs of 750 images, batch 8); chance error is 0.9
