@@ -98,14 +98,18 @@ def refusal(settings: BalanceSettings, *, fusion: str, modalities: Sequence[str]
     return None
 
 
-def auto_slice_loss_weight(*, fusion: str, modalities: Sequence[str], modes: Sequence[str], extending: bool) -> float:
+def auto_slice_loss_weight(*, fusion: str, modalities: Sequence[str], modes: Sequence[str], extending: bool,
+                           other_method: bool) -> float:
     """What ``multimodal.slice_loss_weight=auto`` means for a run: :data:`AUTO_SLICE_LOSS_WEIGHT` where
     slice losses apply (:func:`refusal` has nothing against them: joint or concat-bp fusion, two or more
     modalities, modes caps, caps-full or bp), else 0.
 
-    A run that extends a trained model (``multimodal.extend_from``) gets 0: the study did not measure
-    it, and such a run keeps the trained modalities' predictions bit-identical either way."""
-    applies = not extending and refusal(BalanceSettings(AUTO_SLICE_LOSS_WEIGHT), fusion=fusion, modalities=modalities, modes=modes) is None
+    Also 0 where the study did not measure slice losses: beside another balancing method
+    (``other_method``: gradient modulation or modality dropout, each measured alone; set the weight to
+    stack them), and in a run that extends a trained model (``multimodal.extend_from``)."""
+    if extending or other_method:
+        return 0.0
+    applies = refusal(BalanceSettings(AUTO_SLICE_LOSS_WEIGHT), fusion=fusion, modalities=modalities, modes=modes) is None
     return AUTO_SLICE_LOSS_WEIGHT if applies else 0.0
 
 

@@ -141,6 +141,9 @@ def test_class_sorted_unbalanced_folders_train_evaluate_and_extend(tmp_path, cap
     (["train.mode=local"], 0.0),
     (["multimodal.modalities=[image]", "multimodal.anchor=image"], 0.0),
     (["multimodal.extend_from=runs/an-image-model"], 0.0),
+    (["multimodal.modulation=ogm-ge"], 0.0),
+    (["multimodal.modality_dropout=0.3"], 0.0),
+    (["multimodal.modulation=ogm-ge", "multimodal.slice_loss_weight=1"], 1.0),
     (["multimodal.slice_loss_weight=0.25"], 0.25),
     (["multimodal.slice_loss_weight=0"], 0.0),
 ])

@@ -155,7 +155,7 @@ def _segments_check(key: str, value: Any) -> str | None:
 
 
 def _slice_weight_check(key: str, value: Any) -> str | None:
-    ok = value == "auto" or (isinstance(value, float) and 0 <= value <= 100)
+    ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100)
     return None if ok else f"{key} must be a number in [0, 100] or 'auto', got {value!r}"
 
 
@@ -229,8 +229,9 @@ class MultimodalConfig:
                                   check=in_range(0, 1))
     slice_loss_weight: float | str = opt("joint or concat-bp: weight of each modality's slice loss (its cross-entropy scored on its own "
                                          "prototype slices alone) added to the joint loss; 0 = off. Default auto: 1 where it applies (fusion "
-                                         "joint or concat-bp, two or more modalities, mode caps, caps-full or bp, not extend_from), else 0: "
-                                         "the best method of docs/multimodal.md's balance study", "auto", check=_slice_weight_check)
+                                         "joint or concat-bp, two or more modalities, mode caps, caps-full or bp, no other balancing method (modulation, "
+                                         "modality_dropout), not extend_from), else 0: the best method of docs/multimodal.md's balance study",
+                                         "auto", check=_slice_weight_check)
     modulation: str = opt("joint or concat-bp: on-the-fly gradient modulation (Peng et al. 2022): ogm scales the leading modality's encoder "
                           "gradients down by its lead in true-class probability; ogm-ge also adds Gaussian noise; none = off", "none",
                           check=one_of(MODULATIONS))
@@ -247,14 +248,15 @@ class MultimodalConfig:
         ``modes`` (:func:`capsmm.balance.auto_slice_loss_weight`), so that the config a run saves holds
         the weight it trained with, whatever a later release's ``auto`` means."""
         if self.slice_loss_weight == "auto":
-            self.slice_loss_weight = auto_slice_loss_weight(fusion=self.fusion, modalities=self.modalities, modes=modes,
-                                                            extending=bool(self.extend_from))
+            self.slice_loss_weight = auto_slice_loss_weight(
+                fusion=self.fusion, modalities=self.modalities, modes=modes, extending=bool(self.extend_from),
+                other_method=self.modulation != "none" or self.modality_dropout > 0)
 
     def balance(self) -> BalanceSettings:
         """The balancing settings these keys make (:mod:`capsmm.balance`); ``slice_loss_weight`` resolved first."""
-        if not isinstance(self.slice_loss_weight, float):
+        if self.slice_loss_weight == "auto":
             raise ValueError("multimodal.slice_loss_weight is still 'auto': validate the run config first")
-        return BalanceSettings(self.slice_loss_weight, self.modulation, self.modulation_alpha, tuple(self.modulation_epochs))
+        return BalanceSettings(float(self.slice_loss_weight), self.modulation, self.modulation_alpha, tuple(self.modulation_epochs))
 
     def validate(self, prefix: str) -> None:
         check_fields(self, prefix)
