@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from .folders import flatten_dict
+from .folders import with_added_keys
 from .fields import one_of
 from .schemas import RunConfig
 
@@ -178,11 +178,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_saved(schema: type, saved: Mapping[str, Any], where: Path) -> Any:
-    """The config object of a run from the dict saved with it (``results.json``, a checkpoint); a key
-    this capsmm does not know, or a value it refuses, is a :class:`CheckpointError`: the run at ``where``
-    was written by an incompatible version."""
+    """The config object of a run from the dict saved with it (``results.json``, a checkpoint), keys added
+    since at the value the run was made with (:func:`with_added_keys`); a key this capsmm does not know,
+    or a value it refuses, is a :class:`CheckpointError`: the run at ``where`` was written by an
+    incompatible version."""
     config = schema()
-    for key, value in flatten_dict(dict(saved)).items():
+    for key, value in with_added_keys(dict(saved)).items():
         try:
             set_value(config, key, value)
         except ConfigError as error:
