@@ -34,8 +34,14 @@ def spawn_ranks(worker, args: tuple, nprocs: int) -> None:
     """``mp.spawn(worker, args, nprocs)`` with forked ranks: a forked rank inherits the imports of the
     test process (torch, capsmm, the test module) where a spawned one imports them again, seconds per
     rank and most of a small distributed test's time. Sound here: CPU only, no process group in the
-    parent, and the parent's patches (float32 above) hold in the ranks as in the test."""
-    mp.start_processes(worker, args=args, nprocs=nprocs, join=True, start_method="fork")
+    parent, the parent's patches (float32 above) hold in the ranks as in the test, and each rank runs
+    one thread (an OpenMP pool the parent used with more threads is not fork-safe)."""
+    mp.start_processes(_one_thread_rank, args=(worker, args), nprocs=nprocs, join=True, start_method="fork")
+
+
+def _one_thread_rank(rank: int, worker, args: tuple) -> None:
+    torch.set_num_threads(1)
+    worker(rank, *args)
 
 
 def load_script(name: str) -> ModuleType:

@@ -80,13 +80,21 @@ def test_distributed_combinations(chunk):
 
 
 def test_the_problems_check_catches_a_wrong_outcome():
-    """Fault injection: each way an outcome can be wrong is reported."""
-    exact = next(c for c in LAUNCHED if c.claim() == "exact")
+    """Fault injection: each way an outcome can be wrong is reported, for an exact, an approximate and
+    a data-parallel batch-norm combination, and for a refused one."""
     good = {"difference": 0.0, "losses": [1.0], "moved": True, "frozen_kept": True, "trains": True, "running_mean_difference": 0.0}
-    assert problems(exact, good) == []
-    for change in ({"difference": 1e-2}, {"losses": [float("nan")]}, {"moved": False}, {"frozen_kept": False}):
-        assert problems(exact, good | change), change
-    assert problems(exact, {"refused": "no"}) and problems(next(c for c in COMBOS if c.expected_refusal()), good)
+    exact = next(c for c in LAUNCHED if c.claim() == "exact")
+    approximate = next(c for c in LAUNCHED if c.claim().startswith("approximate"))
+    averaged = next(c for c in LAUNCHED if c.parallel == "data" and c.norm == "batchnorm" and c.mode == "caps")
+    refused = next(c for c in COMBOS if c.expected_refusal())
+    for combo in (exact, approximate, averaged):
+        assert problems(combo, good) == [], combo.id
+        for change in ({"difference": 1e3}, {"losses": [float("nan")]}, {"moved": False}, {"frozen_kept": False}, {"trains": False}):
+            assert problems(combo, good | change), (combo.id, change)
+        assert problems(combo, {"refused": "no"})
+    assert problems(averaged, good | {"running_mean_difference": 1e-3})
+    assert problems(refused, {"refused": "one line"}) == []
+    assert problems(refused, {"refused": "two\nlines"}) and problems(refused, good)
 
 
 def test_the_documented_table_quotes_every_approximate_row():

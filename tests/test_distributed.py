@@ -1,6 +1,6 @@
 """torch.distributed on CPU (gloo): data-parallel equivalence, block-parallel CAPs gradients and traffic,
 a dying rank, and resuming a data- or block-parallel run (under as many ranks as wrote it; one process
-is refused). Runs launch through torchrun itself (``torchrun``: the data-parallel fixture, the
+or 3 ranks are refused). Runs launch through torchrun itself (``torchrun``: the data-parallel fixture, the
 multimodal run) or as torchrun would start their ranks (``start_ranks``: one process less each)."""
 
 import os
@@ -54,14 +54,23 @@ def train_ranks(args, world=2):
     assert [code for _, code in ended] == [0] * world, ended[0][0][-2000:]
 
 
-def assert_one_process_refused(args, out, parallel, capsys):
-    """Resuming the run in ``out``, written by 2 ranks, in one process: exit 2 with one line that says how
-    the checkpoint was written and how to resume it; the checkpoint is untouched."""
+def assert_resume_refused(args, out, parallel, world, capsys):
+    """Resuming the run in ``out``, written by 2 ranks, with ``world`` ranks (1: in this process): each
+    exits 2 with one line that says how the checkpoint was written and how to resume it; the
+    checkpoint is untouched."""
     checkpoint = (out / "checkpoint.safetensors").read_bytes()
-    code, _, err = run_script(load_script("train_vision").main, [*args, "--out", str(out), "--resume"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert f"written by 2 ranks (train.parallel={parallel}), this run has 1 process" in err
-    assert "torchrun --nproc_per_node 2" in err and "--resume" in err
+    resume = [*args, "--out", str(out), "--resume"]
+    if world == 1:
+        code, _, err = run_script(load_script("train_vision").main, resume, capsys)
+        ended = [(code, err)]
+    else:
+        ranks = start_ranks(resume, world)
+        ended = [(rank.returncode, err) for rank, err in [(rank, rank.communicate(timeout=300)[1]) for rank in ranks]]
+    this_run = "1 process" if world == 1 else f"{world} ranks"
+    for code, err in ended:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-2000:]
+        assert f"written by 2 ranks (train.parallel={parallel}), this run has {this_run}" in err
+        assert "torchrun --nproc_per_node 2" in err and "--resume" in err
     assert (out / "checkpoint.safetensors").read_bytes() == checkpoint
 
 
@@ -98,7 +107,7 @@ def test_data_parallel_equals_one_process_on_the_same_global_batches(ddp_two_epo
 
 def test_a_resumed_data_parallel_run_continues_from_its_checkpoint_under_its_own_number_of_ranks(ddp_two_epochs, tmp_path, capsys):
     train_ranks([*TINY, "--epochs", "1", "--out", str(tmp_path)])
-    assert_one_process_refused([*TINY, "--epochs", "2"], tmp_path, "data", capsys)
+    assert_resume_refused([*TINY, "--epochs", "2"], tmp_path, "data", 1, capsys)
     train_ranks([*TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
     resumed, straight = model_tensors(tmp_path), model_tensors(ddp_two_epochs)
     for key in straight:
@@ -198,7 +207,7 @@ def test_block_parallel_training_equals_one_process_and_resumes_under_its_own_nu
 
     block_parallel = [*TINY, "--set", "model.depth=4", "--set", "train.micro_batches=2", "--set", "train.parallel=blocks"]
     train_ranks([*block_parallel, "--epochs", "1", "--out", str(tmp_path / "blocks")])
-    assert_one_process_refused([*block_parallel, "--epochs", "2"], tmp_path / "blocks", "blocks", capsys)
+    assert_resume_refused([*block_parallel, "--epochs", "2"], tmp_path / "blocks", "blocks", 3, capsys)
     train_ranks([*block_parallel, "--epochs", "2", "--resume", "--out", str(tmp_path / "blocks")])
     overrides = [("data.name", "digits"), ("train.batch_size", 64), ("data.train_subset", 256), ("data.test_subset", 100),
                  ("train.device", "cpu"), ("model.hidden", 64), ("model.depth", 4), ("model.dropout", 0.0),

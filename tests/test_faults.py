@@ -17,7 +17,7 @@ from capsmm.checkpoint import TEMPORARY_PREFIX, load_checkpoint, save_checkpoint
 from capsmm.errors import CheckpointError
 from conftest import ROOT
 
-EPOCHS = 6
+EPOCHS = 8  # enough epochs that 4 kills (2 mid-write) land before the run ends, at ~0.4 s an epoch
 RUN = ["--dataset", "digits", "--device", "cpu", "--batch-size", "64", "--epochs", str(EPOCHS), "--no-progress",
        "--set", "model.hidden=1024", "--set", "model.pattern_width=256", "--set", "data.augment=true"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
