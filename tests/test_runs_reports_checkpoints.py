@@ -3,6 +3,7 @@ code before its fix)."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,18 @@ def test_a_run_saved_before_new_config_keys_still_counts_as_finished(tmp_path, c
     capsys.readouterr()
     assert train_digits(tmp_path, "caps", 1) == 0
     assert "holds this run, finished" in capsys.readouterr().out
+
+
+def test_a_saved_config_without_the_keys_added_since_loads_with_the_values_its_run_used():
+    """A multimodal run saved before multimodal.slice_loss_weight existed trained without slice losses:
+    loaded (load_run, extend_from), its config says 0, not today's default auto."""
+    from capsmm.config import config_from_saved, multimodal_schema
+
+    saved = {"multimodal": {"fusion": "joint", "modalities": ["audio", "image"]}, "train": {"mode": "caps"}}
+    assert multimodal_schema()().multimodal.slice_loss_weight == "auto"
+    assert config_from_saved(multimodal_schema(), saved, Path("old-run")).multimodal.slice_loss_weight == 0.0
+    assert config_from_saved(multimodal_schema(), {**saved, "multimodal": {**saved["multimodal"], "slice_loss_weight": 0.5}},
+                             Path("run")).multimodal.slice_loss_weight == 0.5
 
 
 def test_a_resume_before_any_switch_may_extend_the_schedule(tmp_path):
