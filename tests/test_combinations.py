@@ -30,9 +30,9 @@ def documented_differences() -> dict[tuple[str, str, str, str, str], float]:
 DOCUMENTED = documented_differences()
 
 
-#: the distributed combinations that train, measured in chunks of one 2-rank launch each: a launch costs
-#: seconds, a chunk keeps each pytest-xdist worker to the chunks it runs (a module-wide fixture made
-#: every worker measure the whole matrix); round-robin chunks mix modes and kinds, so they take alike
+#: the distributed combinations that train, measured in chunks of one 2-rank launch each, so that each
+#: pytest-xdist worker measures only the chunks it runs; round-robin chunks mix modes and kinds, so they
+#: take alike
 DISTRIBUTED_CHUNKS = 4
 LAUNCHED = [c for c in COMBOS if c.world > 1 and not c.expected_refusal()]
 IN_ONE_PROCESS = [c for c in COMBOS if c.world == 1 or c.expected_refusal()]

@@ -48,10 +48,16 @@ def start_ranks(args, world):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
 
 
+def finish(ranks):
+    """(exit status, stderr) of every rank, once all have ended."""
+    errors = [rank.communicate(timeout=300)[1] for rank in ranks]
+    return [(rank.returncode, err) for rank, err in zip(ranks, errors)]
+
+
 def train_ranks(args, world=2):
     """Train ``train_vision.py args`` on ``world`` ranks to the end; every rank must exit 0."""
-    ended = [(rank.communicate(timeout=300)[1], rank.returncode) for rank in start_ranks(args, world)]
-    assert [code for _, code in ended] == [0] * world, ended[0][0][-2000:]
+    ended = finish(start_ranks(args, world))
+    assert [code for code, _ in ended] == [0] * world, ended[0][1][-2000:]
 
 
 def assert_resume_refused(args, out, parallel, world, capsys):
@@ -64,8 +70,7 @@ def assert_resume_refused(args, out, parallel, world, capsys):
         code, _, err = run_script(load_script("train_vision").main, resume, capsys)
         ended = [(code, err)]
     else:
-        ranks = start_ranks(resume, world)
-        ended = [(rank.returncode, err) for rank, err in [(rank, rank.communicate(timeout=300)[1]) for rank in ranks]]
+        ended = finish(start_ranks(resume, world))
     this_run = "1 process" if world == 1 else f"{world} ranks"
     for code, err in ended:
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-2000:]
@@ -115,12 +120,7 @@ def test_a_resumed_data_parallel_run_continues_from_its_checkpoint_under_its_own
 
 
 def test_a_dead_rank_stops_the_others_with_one_line(tmp_path):
-    port = free_port()
-    common = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, str(ROOT / "scripts" / "train_vision.py"), *TINY, "--epochs", "200", "--set", "train.dist_timeout=20",
-            "--out", str(tmp_path)]
-    ranks = [subprocess.Popen(args, env={**common, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    ranks = start_ranks([*TINY, "--epochs", "200", "--set", "train.dist_timeout=20", "--out", str(tmp_path)], 2)
     deadline = time.time() + 120
     while not (tmp_path / "checkpoint.safetensors").exists() and time.time() < deadline:
         time.sleep(0.2)
